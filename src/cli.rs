@@ -1,0 +1,157 @@
+//! The command-line side of the binary: `brig check`, `brig init`, help.
+//!
+//! Exit codes: 0 success, 1 the command ran and found problems, 2 usage error.
+
+use std::path::{Path, PathBuf};
+
+use crate::config;
+
+const USAGE: &str = "\
+usage: brig <command> [options]
+
+commands:
+  init [--config DIR]     boot and supervise (what the kernel runs as /init)
+  check [--root DIR] [--config DIR]
+                          validate a configuration tree offline; prints every error
+  help                    this text
+  version                 print the version
+
+exit codes: 0 ok, 1 problems found, 2 usage error";
+
+pub fn main(args: &[String]) -> i32 {
+    let (cmd, rest) = match args.split_first() {
+        Some((cmd, rest)) => (cmd.as_str(), rest),
+        None => {
+            eprintln!("{USAGE}");
+            return 2;
+        }
+    };
+    match cmd {
+        "init" => match parse_options(rest, &["--config"]) {
+            Ok(opts) => crate::boot::run(opts.get("--config").map(PathBuf::from)),
+            Err(e) => usage_error(&e),
+        },
+        "check" => match parse_options(rest, &["--root", "--config"]) {
+            Ok(opts) => check(
+                opts.get("--root").map(Path::new),
+                opts.get("--config").map(Path::new),
+            ),
+            Err(e) => usage_error(&e),
+        },
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            0
+        }
+        "version" | "--version" | "-V" => {
+            println!("brig {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        other => usage_error(&format!("unknown command {other:?}")),
+    }
+}
+
+fn usage_error(message: &str) -> i32 {
+    eprintln!("brig: {message}\n\n{USAGE}");
+    2
+}
+
+/// Options of the form `--name VALUE`; anything else is an error naming the word.
+struct Options(Vec<(String, String)>);
+
+impl Options {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--help" || arg == "-h" {
+            return Err("help requested".into());
+        }
+        let (name, value) = match arg.split_once('=') {
+            Some((n, v)) => (n.to_string(), v.to_string()),
+            None => {
+                let value = it.next().ok_or(format!("{arg} needs a value"))?;
+                (arg.clone(), value.clone())
+            }
+        };
+        if !allowed.contains(&name.as_str()) {
+            return Err(format!("unknown option {name:?}"));
+        }
+        out.push((name, value));
+    }
+    Ok(Options(out))
+}
+
+/// `brig check`: validates `ROOT/etc/brig` (or `--config DIR`). With `--root`, also checks that
+/// every program a service runs exists in that tree and is executable, which is what a firmware
+/// build wants to know before the image is flashed.
+fn check(root: Option<&Path>, config_dir: Option<&Path>) -> i32 {
+    let root_dir = root.unwrap_or(Path::new("/"));
+    let dir = match config_dir {
+        Some(d) => d.to_path_buf(),
+        None => root_dir.join(config::DEFAULT_DIR.trim_start_matches('/')),
+    };
+    if !dir.is_dir() {
+        eprintln!("{}: not a directory", dir.display());
+        return 1;
+    }
+    let tree = config::load(&dir);
+    let mut problems: Vec<String> = tree.diagnostics.iter().map(ToString::to_string).collect();
+    if let Some(root) = root {
+        for svc in &tree.services {
+            if let Some(why) = program_problem(root, &svc.exec[0]) {
+                problems.push(format!(
+                    "{}: exec: {} {why} under {}",
+                    svc.file.display(),
+                    svc.exec[0],
+                    root.display()
+                ));
+            }
+        }
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    println!(
+        "{}: {} services valid, {} with errors, {} problems",
+        dir.display(),
+        tree.services.len(),
+        tree.broken.len(),
+        problems.len()
+    );
+    i32::from(!problems.is_empty())
+}
+
+/// Why `program` (absolute, as seen from inside `root`) cannot run, if it cannot.
+fn program_problem(root: &Path, program: &str) -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut path = root.join(program.trim_start_matches('/'));
+    // Follow symlinks inside the tree, not on the build host (busybox applets are symlinks).
+    for _ in 0..16 {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Some("does not exist");
+        };
+        if !meta.file_type().is_symlink() {
+            return match meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                true => None,
+                false => Some("is not an executable file"),
+            };
+        }
+        let Ok(target) = std::fs::read_link(&path) else {
+            return Some("is an unreadable symlink");
+        };
+        path = if target.is_absolute() {
+            root.join(target.strip_prefix("/").unwrap_or(&target))
+        } else {
+            path.parent().unwrap_or(root).join(target)
+        };
+    }
+    Some("is a symlink loop")
+}

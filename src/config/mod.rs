@@ -1,0 +1,295 @@
+//! Configuration: `system.toml` and one file per service under `services/`.
+//!
+//! Loading goes path -> text -> typed value, and never stops at the first bad file: every
+//! problem becomes a [`Diagnostic`] with file:line:column, the good services are kept, and the
+//! bad ones are listed as [`Broken`] so that their dependents can say why they did not start.
+//! The same loader serves PID 1 at boot and `brig check` on a firmware tree.
+
+pub mod duration;
+mod graph;
+pub mod service;
+pub mod system;
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+pub use service::{Ident, Kind, Restart, Service};
+pub use system::System;
+
+/// The directory PID 1 reads when the kernel command line does not say otherwise.
+pub const DEFAULT_DIR: &str = "/etc/brig";
+
+/// One problem in one file, located as precisely as the parser allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl Diagnostic {
+    fn new(file: &Path, text: &str, span: Option<Range<usize>>, message: String) -> Self {
+        Diagnostic {
+            file: file.to_path_buf(),
+            position: span.map(|s| line_col(text, s.start)),
+            message,
+        }
+    }
+
+    fn io(file: &Path, op: &str, err: &io::Error) -> Self {
+        Diagnostic {
+            file: file.to_path_buf(),
+            position: None,
+            message: format!("{op}: {err}"),
+        }
+    }
+}
+
+/// A service whose file exists but could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Everything read from a config directory.
+#[derive(Debug, Clone, Default)]
+pub struct Tree {
+    pub system: System,
+    /// Valid services, sorted by name.
+    pub services: Vec<Service>,
+    pub broken: Vec<Broken>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Tree {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// Reads `dir/system.toml` and `dir/services/*.toml`.
+pub fn load(dir: &Path) -> Tree {
+    let mut tree = Tree::default();
+    load_system(&dir.join("system.toml"), &mut tree);
+    let mut spans = Vec::new();
+    for path in service_files(&dir.join("services"), &mut tree.diagnostics) {
+        load_service(&path, &mut tree, &mut spans);
+    }
+    graph::check(&mut tree, &spans);
+    tree
+}
+
+fn load_system(path: &Path, tree: &mut Tree) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        // No system.toml at all is a normal, minimal setup.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tree.diagnostics
+                .push(Diagnostic::io(path, "cannot read, using defaults", &e));
+            return;
+        }
+    };
+    match system::parse(&text) {
+        Ok(system) => tree.system = system,
+        Err(e) => {
+            let message = format!(
+                "{} (using defaults for the whole file)",
+                e.message().trim_end()
+            );
+            tree.diagnostics
+                .push(Diagnostic::new(path, &text, e.span(), message));
+        }
+    }
+}
+
+/// The `*.toml` files of the services directory, sorted so that errors come out in a stable
+/// order.
+fn service_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            diagnostics.push(Diagnostic::io(dir, "cannot list services", &e));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn load_service(
+    path: &Path,
+    tree: &mut Tree,
+    spans: &mut Vec<(String, String, service::DependencySpans)>,
+) {
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !service::valid_name(&name) {
+        let message = format!(
+            "{name:?} is not a valid service name (letters, digits, '_', '-', '.', '@'; the file \
+             name is the service name)"
+        );
+        tree.diagnostics
+            .push(Diagnostic::new(path, "", None, message));
+        return;
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            tree.diagnostics
+                .push(Diagnostic::io(path, "cannot read", &e));
+            tree.broken.push(Broken {
+                name,
+                reason: format!("its file cannot be read ({e})"),
+            });
+            return;
+        }
+    };
+    match service::parse(&name, path.to_path_buf(), &text) {
+        Ok((svc, deps)) => {
+            spans.push((name, text, deps));
+            tree.services.push(svc);
+        }
+        Err(e) => {
+            tree.diagnostics
+                .push(Diagnostic::new(path, &text, e.span, e.message));
+            tree.broken.push(Broken {
+                name,
+                reason: "has a configuration error".into(),
+            });
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let text = "a = 1\nbb = \"x\"\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        assert_eq!(line_col(text, 11), (2, 6));
+    }
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("brig-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn one_broken_file_keeps_the_others_and_reports_file_line_col() {
+        let dir = tempdir("broken");
+        write(&dir, "services/good.toml", "exec = [\"/bin/true\"]\n");
+        write(
+            &dir,
+            "services/bad.toml",
+            "exec = [\"/bin/true\"]\nrestart = always\n",
+        );
+        let tree = load(&dir);
+        assert_eq!(tree.services.len(), 1);
+        assert_eq!(tree.services[0].name, "good");
+        assert_eq!(
+            tree.broken,
+            vec![Broken {
+                name: "bad".into(),
+                reason: "has a configuration error".into()
+            }]
+        );
+        assert_eq!(tree.diagnostics.len(), 1);
+        let shown = tree.diagnostics[0].to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "{}:2:11: ",
+                dir.join("services/bad.toml").display()
+            )),
+            "{shown}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn empty_system_toml_boots_with_defaults() {
+        let dir = tempdir("empty-system");
+        write(&dir, "system.toml", "");
+        let tree = load(&dir);
+        assert!(tree.diagnostics.is_empty());
+        assert_eq!(tree.system, System::default());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn broken_system_toml_falls_back_to_defaults_with_a_diagnostic() {
+        let dir = tempdir("bad-system");
+        write(
+            &dir,
+            "system.toml",
+            "hostname = \"gw\"\nshutdown_grace = 5\n",
+        );
+        let tree = load(&dir);
+        assert_eq!(tree.system, System::default());
+        assert_eq!(tree.diagnostics.len(), 1);
+        assert_eq!(tree.diagnostics[0].position, Some((2, 18)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn missing_directory_is_an_empty_config() {
+        let tree = load(Path::new("/nonexistent/brig-config"));
+        assert!(tree.services.is_empty());
+        assert!(tree.diagnostics.is_empty());
+    }
+
+    #[test]
+    fn invalid_file_name_is_reported() {
+        let dir = tempdir("bad-name");
+        write(&dir, "services/a b.toml", "exec = [\"/bin/true\"]\n");
+        let tree = load(&dir);
+        assert!(tree.services.is_empty());
+        assert!(tree.diagnostics[0]
+            .message
+            .contains("not a valid service name"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

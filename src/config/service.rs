@@ -1,0 +1,475 @@
+//! One service file, `services/NAME.toml`, decoded strictly into a [`Service`].
+//!
+//! Field-level checks (absolute `exec`, durations, signal names, env keys) happen during
+//! decoding, so toml attaches the span of the offending value to the error. Checks that need
+//! the other files (dependencies, cycles) live in `graph.rs` and use the spans kept here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use serde::Deserialize as DeriveDeserialize;
+use toml::Spanned;
+
+use super::duration::Dur;
+
+/// How a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, DeriveDeserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A long-running daemon in the foreground: ready once its exec succeeded.
+    #[default]
+    Simple,
+    /// A task that runs to completion: ready once it exited 0.
+    Oneshot,
+}
+
+/// When a service that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, DeriveDeserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// A user or group, by name (looked up when the service starts) or by number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ident {
+    Name(String),
+    Id(u32),
+}
+
+/// Restart backoff and crash-loop detection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay before the first restart; doubled after each failure, up to `max`.
+    pub first: Duration,
+    pub max: Duration,
+    /// This many failures within `window` mark the service failed.
+    pub limit: u32,
+    pub window: Duration,
+    /// A run at least this long resets the delay and the failure count.
+    pub stable: Duration,
+}
+
+/// A validated service definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub file: PathBuf,
+    pub description: Option<String>,
+    pub exec: Vec<String>,
+    pub kind: Kind,
+    pub env: BTreeMap<String, String>,
+    pub workdir: PathBuf,
+    pub user: Option<Ident>,
+    pub group: Option<Ident>,
+    pub restart: Restart,
+    pub after: Vec<String>,
+    pub requires: Vec<String>,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub backoff: Backoff,
+    /// Standard streams on /dev/console instead of the log (shells, gettys).
+    pub console: bool,
+}
+
+impl Service {
+    /// Names of every service this one waits for, `requires` first.
+    pub fn dependencies(&self) -> impl Iterator<Item = &String> {
+        self.requires
+            .iter()
+            .chain(self.after.iter().filter(|a| !self.requires.contains(a)))
+    }
+}
+
+/// Dependency names with their byte ranges in the file, for diagnostics in `graph.rs`.
+#[derive(Debug, Clone, Default)]
+pub struct DependencySpans {
+    pub entries: Vec<(String, Range<usize>)>,
+}
+
+/// The absolute program path and its arguments.
+struct Exec(Vec<String>);
+
+/// A signal given by name: `"SIGTERM"` or `"TERM"`.
+struct SignalName(Signal);
+
+/// An environment variable name: no `=`, no NUL, not empty.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct EnvKey(String);
+
+#[derive(DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    description: Option<String>,
+    exec: Exec,
+    #[serde(rename = "type", default)]
+    kind: Kind,
+    #[serde(default)]
+    env: BTreeMap<EnvKey, NoNul>,
+    workdir: Option<Spanned<String>>,
+    user: Option<Ident>,
+    group: Option<Ident>,
+    restart: Option<Restart>,
+    #[serde(default)]
+    after: Vec<Spanned<String>>,
+    #[serde(default)]
+    requires: Vec<Spanned<String>>,
+    stop_signal: Option<SignalName>,
+    stop_timeout: Option<Dur>,
+    restart_delay: Option<Dur>,
+    restart_delay_max: Option<Dur>,
+    restart_limit: Option<Spanned<u32>>,
+    restart_window: Option<Dur>,
+    stable_after: Option<Dur>,
+    #[serde(default)]
+    console: bool,
+}
+
+/// A string that can become a C string.
+struct NoNul(String);
+
+/// A problem found in one file: a message and, where known, the byte range it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    pub span: Option<Range<usize>>,
+    pub message: String,
+}
+
+impl FileError {
+    fn at(span: Range<usize>, message: impl Into<String>) -> Self {
+        FileError {
+            span: Some(span),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<toml::de::Error> for FileError {
+    fn from(e: toml::de::Error) -> Self {
+        FileError {
+            span: e.span(),
+            message: e.message().trim_end().to_string(),
+        }
+    }
+}
+
+/// Whether `name` may name a service (it becomes a file name, a cgroup and a log tag).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
+}
+
+/// Decodes and checks one service file. `name` comes from the file name.
+pub fn parse(
+    name: &str,
+    file: PathBuf,
+    text: &str,
+) -> Result<(Service, DependencySpans), FileError> {
+    let raw: ServiceFile = toml::from_str(text)?;
+    let mut spans = DependencySpans::default();
+    let requires = names_once(&raw.requires, "requires", &mut spans)?;
+    let after = names_once(&raw.after, "after", &mut spans)?;
+    for (dep, span) in &spans.entries {
+        if dep == name {
+            return Err(FileError::at(
+                span.clone(),
+                format!("service {name:?} depends on itself"),
+            ));
+        }
+    }
+    let workdir = match raw.workdir {
+        Some(w) if !w.get_ref().starts_with('/') => {
+            return Err(FileError::at(w.span(), "workdir must be an absolute path"))
+        }
+        Some(w) => PathBuf::from(w.into_inner()),
+        None => PathBuf::from("/"),
+    };
+    let limit = match raw.restart_limit {
+        Some(l) if *l.get_ref() == 0 => {
+            return Err(FileError::at(l.span(), "restart_limit must be at least 1"))
+        }
+        Some(l) => l.into_inner(),
+        None => 5,
+    };
+    let first = raw
+        .restart_delay
+        .map_or(Duration::from_millis(100), |d| d.0);
+    let backoff = Backoff {
+        first,
+        max: raw
+            .restart_delay_max
+            .map_or(Duration::from_secs(30), |d| d.0)
+            .max(first),
+        limit,
+        window: raw.restart_window.map_or(Duration::from_secs(60), |d| d.0),
+        stable: raw.stable_after.map_or(Duration::from_secs(10), |d| d.0),
+    };
+    let restart = raw.restart.unwrap_or(match raw.kind {
+        Kind::Simple => Restart::Always,
+        Kind::Oneshot => Restart::Never,
+    });
+    let service = Service {
+        name: name.to_string(),
+        file,
+        description: raw.description,
+        exec: raw.exec.0,
+        kind: raw.kind,
+        env: raw.env.into_iter().map(|(k, v)| (k.0, v.0)).collect(),
+        workdir,
+        user: raw.user,
+        group: raw.group,
+        restart,
+        after,
+        requires,
+        stop_signal: raw.stop_signal.map_or(Signal::SIGTERM, |s| s.0),
+        stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        backoff,
+        console: raw.console,
+    };
+    Ok((service, spans))
+}
+
+/// Checks a dependency list for bad names and repeats, recording each entry's span.
+fn names_once(
+    list: &[Spanned<String>],
+    key: &str,
+    spans: &mut DependencySpans,
+) -> Result<Vec<String>, FileError> {
+    let mut names: Vec<String> = Vec::with_capacity(list.len());
+    for entry in list {
+        let dep = entry.get_ref();
+        if !valid_name(dep) {
+            return Err(FileError::at(
+                entry.span(),
+                format!("{key}: {dep:?} is not a service name"),
+            ));
+        }
+        if names.contains(dep) {
+            return Err(FileError::at(
+                entry.span(),
+                format!("{key}: {dep:?} is listed twice"),
+            ));
+        }
+        names.push(dep.clone());
+        spans.entries.push((dep.clone(), entry.span()));
+    }
+    Ok(names)
+}
+
+impl<'de> Deserialize<'de> for Exec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let argv = Vec::<NoNul>::deserialize(d)?;
+        let argv: Vec<String> = argv.into_iter().map(|a| a.0).collect();
+        match argv.first() {
+            None => Err(de::Error::custom(
+                "exec must name a program: [\"/path/to/program\", ...]",
+            )),
+            Some(p) if !p.starts_with('/') => Err(de::Error::custom(format!(
+                "exec program {p:?} must be an absolute path (brig does not search PATH)"
+            ))),
+            Some(_) => Ok(Exec(argv)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NoNul {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.contains('\0') {
+            return Err(de::Error::custom(
+                "strings passed to a program cannot contain NUL",
+            ));
+        }
+        Ok(NoNul(s))
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() || s.contains('=') || s.contains('\0') {
+            return Err(de::Error::custom(format!(
+                "env: {s:?} is not a variable name (no '=', not empty)"
+            )));
+        }
+        Ok(EnvKey(s))
+    }
+}
+
+impl<'de> Deserialize<'de> for SignalName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let upper = s.to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        match Signal::from_str(&full) {
+            Ok(Signal::SIGKILL) | Ok(Signal::SIGSTOP) => Err(de::Error::custom(format!(
+                "stop_signal {s:?} cannot be caught: brig sends SIGKILL itself after stop_timeout"
+            ))),
+            Ok(sig) => Ok(SignalName(sig)),
+            Err(_) => Err(de::Error::custom(format!(
+                "stop_signal: unknown signal {s:?}"
+            ))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Ident {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IdentVisitor;
+        impl Visitor<'_> for IdentVisitor {
+            type Value = Ident;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a user or group name, or a numeric id")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ident, E> {
+                if v.is_empty() || v.contains(['\0', ':', '\n']) {
+                    return Err(E::custom(format!("{v:?} is not a user or group name")));
+                }
+                Ok(Ident::Name(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ident, E> {
+                u32::try_from(v)
+                    .map(Ident::Id)
+                    .map_err(|_| E::custom(format!("{v} is not a valid user or group id")))
+            }
+        }
+        d.deserialize_any(IdentVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Service {
+        parse("svc", PathBuf::from("svc.toml"), text).unwrap().0
+    }
+
+    fn parse_err(text: &str) -> FileError {
+        parse("svc", PathBuf::from("svc.toml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_service_gets_documented_defaults() {
+        let s = parse_ok("exec = [\"/bin/true\"]\n");
+        assert_eq!(s.kind, Kind::Simple);
+        assert_eq!(s.restart, Restart::Always);
+        assert_eq!(s.stop_signal, Signal::SIGTERM);
+        assert_eq!(s.stop_timeout, Duration::from_secs(10));
+        assert_eq!(s.backoff.first, Duration::from_millis(100));
+        assert_eq!(s.backoff.max, Duration::from_secs(30));
+        assert_eq!(s.backoff.limit, 5);
+        assert_eq!(s.workdir, PathBuf::from("/"));
+        assert!(!s.console);
+    }
+
+    #[test]
+    fn oneshot_defaults_to_no_restart() {
+        let s = parse_ok("exec = [\"/bin/true\"]\ntype = \"oneshot\"\n");
+        assert_eq!(s.restart, Restart::Never);
+    }
+
+    #[test]
+    fn relative_exec_is_rejected_at_its_span() {
+        let text = "exec = [\"bin/httpd\"]\n";
+        let e = parse_err(text);
+        assert!(e.message.contains("absolute path"), "{e:?}");
+        assert_eq!(&text[e.span.unwrap()], "[\"bin/httpd\"]");
+    }
+
+    #[test]
+    fn bad_duration_points_at_the_value() {
+        let text = "exec = [\"/bin/true\"]\nstop_timeout = \"10 sec\"\n";
+        let e = parse_err(text);
+        assert!(e.message.contains("bad duration"), "{e:?}");
+        assert_eq!(&text[e.span.unwrap()], "\"10 sec\"");
+    }
+
+    #[test]
+    fn misspelled_key_is_an_error() {
+        let e = parse_err("exec = [\"/bin/true\"]\nrestrat = \"always\"\n");
+        assert!(e.message.contains("unknown field `restrat`"), "{e:?}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let e = parse_err("exec = \"/bin/true\"\n");
+        assert!(e.message.contains("invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn self_and_repeated_dependencies_are_errors() {
+        assert!(parse_err("exec = [\"/bin/true\"]\nafter = [\"svc\"]\n")
+            .message
+            .contains("depends on itself"));
+        assert!(
+            parse_err("exec = [\"/bin/true\"]\nrequires = [\"a\", \"a\"]\n")
+                .message
+                .contains("listed twice")
+        );
+    }
+
+    #[test]
+    fn signal_names_with_and_without_prefix() {
+        assert_eq!(
+            parse_ok("exec = [\"/x\"]\nstop_signal = \"HUP\"\n").stop_signal,
+            Signal::SIGHUP
+        );
+        assert_eq!(
+            parse_ok("exec = [\"/x\"]\nstop_signal = \"SIGINT\"\n").stop_signal,
+            Signal::SIGINT
+        );
+        assert!(parse_err("exec = [\"/x\"]\nstop_signal = \"SIGKILL\"\n")
+            .message
+            .contains("cannot be caught"));
+        assert!(parse_err("exec = [\"/x\"]\nstop_signal = \"SIGFOO\"\n")
+            .message
+            .contains("unknown signal"));
+    }
+
+    #[test]
+    fn user_by_name_or_number() {
+        assert_eq!(
+            parse_ok("exec = [\"/x\"]\nuser = \"www\"\n").user,
+            Some(Ident::Name("www".into()))
+        );
+        assert_eq!(
+            parse_ok("exec = [\"/x\"]\nuser = 33\n").user,
+            Some(Ident::Id(33))
+        );
+        assert!(parse_err("exec = [\"/x\"]\nuser = -1\n")
+            .message
+            .contains("not a valid"));
+    }
+
+    #[test]
+    fn env_key_with_equals_is_rejected() {
+        let e = parse_err("exec = [\"/x\"]\nenv = { \"A=B\" = \"c\" }\n");
+        assert!(e.message.contains("not a variable name"), "{e:?}");
+    }
+
+    #[test]
+    fn service_names_are_restricted() {
+        assert!(valid_name("httpd"));
+        assert!(valid_name("getty@ttyS0"));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a b"));
+    }
+}

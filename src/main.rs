@@ -1,0 +1,20 @@
+//! brig: a minimal PID 1 init and service supervisor for network appliances.
+//!
+//! One static binary. Started by the kernel as PID 1 (or as `brig init`) it boots the host and
+//! supervises the services of /etc/brig; otherwise it is the command-line tool.
+
+mod boot;
+mod cli;
+mod config;
+mod log;
+mod shutdown;
+mod supervisor;
+
+fn main() {
+    // The kernel may pass stray command line words to init as arguments: as PID 1, ignore them.
+    if std::process::id() == 1 {
+        boot::run(None);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(cli::main(&args));
+}

@@ -1,0 +1,783 @@
+//! The supervisor: one event loop that starts services in dependency order, reaps every child,
+//! restarts with backoff, carries service output into the log, and drives the shutdown.
+//!
+//! The loop waits in `epoll_wait` on a signalfd and on the pipes of the services; its timeout
+//! is the nearest deadline (a restart, a stop timeout), measured on the monotonic clock because
+//! routers have no RTC and the wall clock jumps when NTP syncs. With nothing to do it sleeps
+//! without a timeout: an idle appliance costs PID 1 no wakeups.
+
+pub mod spawn;
+pub mod unit;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::config::{self, duration, Tree};
+use crate::shutdown::{self, Action};
+use unit::{Exit, Next, State, Unit};
+
+/// epoll token of the signalfd; pipes use their descriptor number.
+const SIGNAL_TOKEN: u64 = u64::MAX;
+/// Bytes read from one service's pipe per loop turn, so a flood cannot starve the others.
+const READ_BUDGET: usize = 64 * 1024;
+/// How long stragglers get after SIGKILL before the final steps run regardless.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// The signals PID 1 reads through its signalfd.
+pub fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGPWR,
+    ] {
+        set.add(sig);
+    }
+    set
+}
+
+#[derive(Clone, Copy)]
+enum Pipe {
+    Output,
+    Status,
+}
+
+enum Phase {
+    /// Stopping services in reverse dependency order.
+    Services,
+    /// SIGTERM (then SIGKILL) sent to whatever is left.
+    Remaining { deadline: Instant, killed: bool },
+}
+
+struct Shutdown {
+    action: Action,
+    phase: Phase,
+}
+
+/// An error that keeps the event loop from existing at all.
+#[derive(Debug)]
+pub struct SetupError {
+    pub op: &'static str,
+    pub errno: Errno,
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}: {} ({:?})", self.op, self.errno.desc(), self.errno)
+    }
+}
+
+pub struct Supervisor {
+    units: Vec<Unit>,
+    /// Services whose files could not be used, with the reason; dependents are blocked.
+    broken: Vec<config::Broken>,
+    shutdown_grace: Duration,
+    epoll: Epoll,
+    signals: SignalFd,
+    /// Registered pipes: descriptor -> (unit index, kind, the descriptor itself).
+    pipes: HashMap<RawFd, (usize, Pipe, OwnedFd)>,
+    ready_announced: bool,
+    shutdown: Option<Shutdown>,
+    /// Set by the reaper when PID 1 has no children left.
+    no_children: bool,
+    /// PID 1 of the system (or of a PID namespace): at shutdown it signals every process
+    /// left. Anything else must never do that, since kill(-1) would reach the whole host.
+    owns_system: bool,
+}
+
+impl Supervisor {
+    /// Sets up the event loop. The caller has blocked [`handled_signals`] already.
+    pub fn new(tree: Tree, owns_system: bool) -> Result<Self, SetupError> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|errno| SetupError {
+            op: "epoll_create1",
+            errno,
+        })?;
+        let signals = SignalFd::with_flags(
+            &handled_signals(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )
+        .map_err(|errno| SetupError {
+            op: "signalfd",
+            errno,
+        })?;
+        epoll
+            .add(
+                signals.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN),
+            )
+            .map_err(|errno| SetupError {
+                op: "epoll_ctl signalfd",
+                errno,
+            })?;
+        Ok(Supervisor {
+            units: tree.services.into_iter().map(Unit::new).collect(),
+            broken: tree.broken,
+            shutdown_grace: tree.system.shutdown_grace,
+            epoll,
+            signals,
+            pipes: HashMap::new(),
+            ready_announced: false,
+            shutdown: None,
+            no_children: false,
+            owns_system,
+        })
+    }
+
+    /// Runs until the shutdown ends in reboot(2). Returns only if that fails.
+    pub fn run(&mut self) -> Action {
+        let mut events = vec![EpollEvent::empty(); 64];
+        loop {
+            let now = Instant::now();
+            if let Some(action) = self.advance(now) {
+                return action;
+            }
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
+            let n = match self.epoll.wait(&mut events, epoll_timeout(timeout)) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    // epoll_wait only fails on programming errors; do not spin on one.
+                    log::error!("epoll_wait: {} ({e:?})", e.desc());
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            log::trace!("loop turn: {n} events");
+            for ev in &events[..n] {
+                match ev.data() {
+                    SIGNAL_TOKEN => self.read_signals(),
+                    fd => self.read_pipe(fd as RawFd),
+                }
+            }
+        }
+    }
+
+    /// Does everything that is due at `now`. Returns the final action when shutdown is over.
+    fn advance(&mut self, now: Instant) -> Option<Action> {
+        if self.shutdown.is_some() {
+            return self.advance_shutdown(now);
+        }
+        self.start_due(now);
+        self.announce_ready();
+        None
+    }
+
+    /// The nearest moment something must happen without an event.
+    fn next_deadline(&self) -> Option<Instant> {
+        let units = self.units.iter().filter_map(|u| match u.state {
+            State::Backoff { until } => Some(until),
+            State::Stopping { deadline, .. } => Some(deadline),
+            _ => None,
+        });
+        let phase = match &self.shutdown {
+            Some(Shutdown {
+                phase: Phase::Remaining { deadline, .. },
+                ..
+            }) => Some(*deadline),
+            _ => None,
+        };
+        units.chain(phase).min()
+    }
+
+    // ---- starting -------------------------------------------------------------------------
+
+    /// Starts every waiting unit whose dependencies are met and every backoff that expired.
+    /// Repeats until nothing changes, so a chain of blocked units is resolved in one turn.
+    fn start_due(&mut self, now: Instant) {
+        loop {
+            let mut changed = false;
+            for i in 0..self.units.len() {
+                match self.units[i].state {
+                    State::Waiting => match self.dependency_state(i) {
+                        Deps::Met => {
+                            self.start(i, now);
+                            changed = true;
+                        }
+                        Deps::Blocked(reason) => {
+                            log::error!("service {}: not started: {reason}", self.units[i].name());
+                            self.units[i].set(State::Blocked(reason));
+                            changed = true;
+                        }
+                        Deps::Pending => {}
+                    },
+                    State::Backoff { until } if until <= now => {
+                        self.start(i, now);
+                        changed = true;
+                    }
+                    _ => {}
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    fn dependency_state(&self, i: usize) -> Deps {
+        let svc = &self.units[i].svc;
+        let mut pending = false;
+        for dep in svc.dependencies() {
+            let required = svc.requires.contains(dep);
+            if let Some(b) = self.broken.iter().find(|b| &b.name == dep) {
+                if required {
+                    return Deps::Blocked(format!("requires {dep}, which {}", b.reason));
+                }
+                continue;
+            }
+            let Some(other) = self.units.iter().find(|u| u.name() == dep) else {
+                continue;
+            };
+            if other.satisfies_dependents() {
+                continue;
+            }
+            match other.unusable_reason() {
+                Some(why) if required => {
+                    return Deps::Blocked(format!("requires {dep}, which {why}"))
+                }
+                // Ordering only: a dependency that settled without success no longer holds
+                // this one back.
+                Some(_) => {}
+                None => pending = true,
+            }
+        }
+        if pending {
+            Deps::Pending
+        } else {
+            Deps::Met
+        }
+    }
+
+    fn start(&mut self, i: usize, now: Instant) {
+        let unit = &mut self.units[i];
+        unit.exec_error = None;
+        unit.started_at = Some(now);
+        log::debug!(
+            "service {}: starting {}",
+            unit.name(),
+            unit.svc.exec.join(" ")
+        );
+        match spawn::spawn(&unit.svc) {
+            Ok(child) => {
+                unit.pid = Some(child.pid);
+                unit.set(State::Starting);
+                self.register(i, Pipe::Status, child.status);
+                if let Some(out) = child.output {
+                    self.register(i, Pipe::Output, out);
+                }
+            }
+            Err(e) => {
+                log::error!("service {}: cannot start: {e}", unit.name());
+                self.after_run(i, Exit::Spawn, now);
+            }
+        }
+    }
+
+    fn register(&mut self, i: usize, kind: Pipe, fd: OwnedFd) {
+        let raw = fd.as_raw_fd();
+        let event = EpollEvent::new(EpollFlags::EPOLLIN, raw as u64);
+        if let Err(e) = self.epoll.add(fd.as_fd(), event) {
+            log::error!(
+                "service {}: epoll_ctl add pipe: {} ({e:?})",
+                self.units[i].name(),
+                e.desc()
+            );
+            return;
+        }
+        self.pipes.insert(raw, (i, kind, fd));
+    }
+
+    fn unregister(&mut self, fd: RawFd) -> Option<(usize, Pipe, OwnedFd)> {
+        let entry = self.pipes.remove(&fd)?;
+        let _ = self.epoll.delete(entry.2.as_fd());
+        Some(entry)
+    }
+
+    fn announce_ready(&mut self) {
+        if self.ready_announced || !self.units.iter().all(|u| u.settled) {
+            return;
+        }
+        self.ready_announced = true;
+        let running = self
+            .units
+            .iter()
+            .filter(|u| u.state == State::Running)
+            .count();
+        let done = self.units.iter().filter(|u| u.state == State::Done).count();
+        let down = self.units.len() - running - done + self.broken.len();
+        log::info!("system ready: {running} running, {done} done, {down} not started");
+    }
+
+    // ---- events ---------------------------------------------------------------------------
+
+    fn read_signals(&mut self) {
+        loop {
+            match self.signals.read_signal() {
+                Ok(Some(info)) => self.on_signal(info.ssi_signo as i32, info.ssi_pid),
+                Ok(None) => break,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("read signalfd: {} ({e:?})", e.desc());
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, signo: i32, from: u32) {
+        let Ok(sig) = Signal::try_from(signo) else {
+            return;
+        };
+        if sig == Signal::SIGCHLD {
+            return self.reap();
+        }
+        match Action::for_signal(sig) {
+            Some(action) => self.begin_shutdown(action, sig),
+            None => log::info!("ignoring {} from pid {from}", sig.as_str()),
+        }
+    }
+
+    /// Collects every exited child: services and orphans re-parented to PID 1 alike.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid, Exit::Code(code), now),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.on_exit(pid, Exit::Signal(sig), now),
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                // ECHILD: nothing left at all, which the shutdown wants to know.
+                Err(Errno::ECHILD) => {
+                    self.no_children = true;
+                    break;
+                }
+                Err(e) => {
+                    log::error!("waitpid: {} ({e:?})", e.desc());
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, exit: Exit, now: Instant) {
+        let Some(i) = self.units.iter().position(|u| u.pid == Some(pid)) else {
+            log::debug!("reaped pid {pid} ({exit:?})");
+            return;
+        };
+        // The status pipe and the output are complete now that the process is gone.
+        self.drain(i);
+        let unit = &mut self.units[i];
+        unit.pid = None;
+        let exit = match unit.exec_error {
+            Some((step, errno)) => Exit::Setup(step, errno),
+            None => exit,
+        };
+        unit.last_exit = Some(exit);
+        self.after_run(i, exit, now);
+    }
+
+    /// Reads whatever the pipes of unit `i` still hold and closes them.
+    fn drain(&mut self, i: usize) {
+        let fds: Vec<RawFd> = self
+            .pipes
+            .iter()
+            .filter(|(_, (u, _, _))| *u == i)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in fds {
+            self.read_pipe(fd);
+            if let Some((_, Pipe::Output, _)) = self.unregister(fd) {
+                let unit = &mut self.units[i];
+                let (name, pid) = (unit.svc.name.clone(), unit.pid.map_or(0, Pid::as_raw));
+                unit.lines.finish(&mut |line| {
+                    crate::log::service_line(&name, pid, line);
+                });
+            }
+        }
+    }
+
+    fn read_pipe(&mut self, fd: RawFd) {
+        let Some(&(i, kind, _)) = self.pipes.get(&fd) else {
+            return;
+        };
+        match kind {
+            Pipe::Status => self.read_status(i, fd),
+            Pipe::Output => self.read_output(i, fd),
+        }
+    }
+
+    /// End-of-file on the status pipe means exec succeeded; eight bytes mean it did not.
+    fn read_status(&mut self, i: usize, fd: RawFd) {
+        let mut buf = [0u8; 8];
+        let n = match nix::unistd::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return,
+            Err(_) => 0,
+        };
+        self.unregister(fd);
+        let unit = &mut self.units[i];
+        match spawn::decode_status(&buf[..n]) {
+            None => {
+                if unit.state == State::Starting {
+                    let pid = unit.pid.map_or(0, Pid::as_raw);
+                    log::info!("service {}: running (pid {pid})", unit.name());
+                    unit.set(State::Running);
+                }
+            }
+            Some((step, errno)) => {
+                unit.exec_error = Some((step, errno));
+                let name = unit.name().to_string();
+                match step {
+                    Some(spawn::Step::Exec) | None => {
+                        let path = &unit.svc.exec[0];
+                        let why = spawn::explain_exec_error(path, errno);
+                        log::error!("service {name}: exec {path} failed: {why} ({errno:?})");
+                    }
+                    Some(step) => log::error!(
+                        "service {name}: {} failed: {} ({errno:?})",
+                        step.describe(),
+                        errno.desc()
+                    ),
+                }
+            }
+        }
+    }
+
+    fn read_output(&mut self, i: usize, fd: RawFd) {
+        let mut buf = [0u8; 4096];
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => {
+                    self.unregister(fd);
+                    return;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.log_output(i, &buf[..n]);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(e) => {
+                    log::warn!(
+                        "service {}: read output: {} ({e:?})",
+                        self.units[i].name(),
+                        e.desc()
+                    );
+                    self.unregister(fd);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn log_output(&mut self, i: usize, data: &[u8]) {
+        let unit = &mut self.units[i];
+        let (name, pid) = (unit.svc.name.clone(), unit.pid.map_or(0, Pid::as_raw));
+        let mut dropped = unit.dropped_lines;
+        unit.lines.push(data, &mut |line| {
+            if dropped > 0
+                && crate::log::service_line(
+                    &name,
+                    pid,
+                    &format!("({dropped} lines dropped: log busy)"),
+                )
+            {
+                dropped = 0;
+            }
+            if !crate::log::service_line(&name, pid, line) {
+                dropped += 1;
+            }
+        });
+        unit.dropped_lines = dropped;
+    }
+
+    // ---- after a run ----------------------------------------------------------------------
+
+    fn after_run(&mut self, i: usize, exit: Exit, now: Instant) {
+        let unit = &mut self.units[i];
+        let name = unit.name().to_string();
+        let how = unit.describe_exit(exit);
+        if matches!(unit.state, State::Stopping { .. }) || self.shutdown.is_some() {
+            log::info!("service {name}: stopped ({how})");
+            unit.set(State::Stopped);
+            return;
+        }
+        let next = unit.after_exit(exit, now);
+        match exit {
+            // Setup failures were already reported with their path and errno; a oneshot's
+            // success is reported as "done".
+            Exit::Setup(..) | Exit::Spawn => {}
+            _ if next == Next::Done => {}
+            Exit::Code(0) => log::info!("service {name}: {how}"),
+            _ => log::warn!("service {name}: {how}"),
+        }
+        match next {
+            Next::Done => {
+                log::info!("service {name}: done");
+                unit.set(State::Done);
+            }
+            Next::StayDown if exit.success() => unit.set(State::Exited),
+            Next::StayDown => unit.set(State::Failed(how)),
+            Next::Restart { delay, failure } => {
+                log::info!(
+                    "service {name}: restarting in {} ms (failure {failure} of {})",
+                    delay.as_millis(),
+                    unit.svc.backoff.limit
+                );
+                unit.restarts += 1;
+                unit.set(State::Backoff { until: now + delay });
+            }
+            Next::GiveUp { failures } => {
+                let window = unit.window_text();
+                log::error!(
+                    "service {name}: failed: {failures} failures within {window}, giving up"
+                );
+                unit.set(State::Failed(format!(
+                    "{failures} failures within {window}"
+                )));
+            }
+        }
+    }
+
+    // ---- shutdown -------------------------------------------------------------------------
+
+    fn begin_shutdown(&mut self, action: Action, sig: Signal) {
+        if self.shutdown.is_some() {
+            log::info!("{} received: shutdown already under way", sig.as_str());
+            return;
+        }
+        log::info!("shutdown: {} requested ({})", action.name(), sig.as_str());
+        self.shutdown = Some(Shutdown {
+            action,
+            phase: Phase::Services,
+        });
+    }
+
+    fn advance_shutdown(&mut self, now: Instant) -> Option<Action> {
+        let Some(shutdown) = &self.shutdown else {
+            return None;
+        };
+        let action = shutdown.action;
+        match shutdown.phase {
+            Phase::Services => {
+                self.stop_services(now);
+                if self.units.iter().any(|u| u.state.is_active()) {
+                    return None;
+                }
+                if !self.owns_system {
+                    return Some(action);
+                }
+                log::info!("shutdown: sending SIGTERM to remaining processes");
+                shutdown::signal_all(Signal::SIGTERM);
+                self.no_children = false;
+                self.reap();
+                let deadline = now + self.shutdown_grace;
+                self.set_phase(Phase::Remaining {
+                    deadline,
+                    killed: false,
+                });
+                None
+            }
+            Phase::Remaining { deadline, killed } => {
+                if self.no_children {
+                    return Some(action);
+                }
+                if now < deadline {
+                    return None;
+                }
+                if killed {
+                    log::warn!("shutdown: processes still left after SIGKILL; going on");
+                    return Some(action);
+                }
+                log::warn!(
+                    "shutdown: processes left after {}, sending SIGKILL",
+                    duration::display(self.shutdown_grace)
+                );
+                shutdown::signal_all(Signal::SIGKILL);
+                self.set_phase(Phase::Remaining {
+                    deadline: now + KILL_WAIT,
+                    killed: true,
+                });
+                None
+            }
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if let Some(s) = &mut self.shutdown {
+            s.phase = phase;
+        }
+    }
+
+    /// Stops each service once nothing that depends on it is still active; kills the ones
+    /// whose stop timeout passed.
+    fn stop_services(&mut self, now: Instant) {
+        for i in 0..self.units.len() {
+            match self.units[i].state {
+                State::Waiting | State::Backoff { .. } => self.units[i].set(State::Stopped),
+                State::Starting | State::Running if !self.has_active_dependents(i) => {
+                    self.stop(i, now);
+                }
+                State::Stopping {
+                    deadline,
+                    killed: false,
+                } if deadline <= now => {
+                    let unit = &mut self.units[i];
+                    log::warn!(
+                        "service {}: did not stop within {}, sending SIGKILL",
+                        unit.name(),
+                        duration::display(unit.svc.stop_timeout)
+                    );
+                    if let Some(pid) = unit.pid {
+                        signal_group(pid, Signal::SIGKILL);
+                    }
+                    unit.set(State::Stopping {
+                        deadline: now + KILL_WAIT,
+                        killed: true,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn has_active_dependents(&self, i: usize) -> bool {
+        let name = self.units[i].name();
+        self.units
+            .iter()
+            .any(|u| u.state.is_active() && u.svc.dependencies().any(|d| d == name))
+    }
+
+    fn stop(&mut self, i: usize, now: Instant) {
+        let unit = &mut self.units[i];
+        log::info!("shutdown: stopping {}", unit.name());
+        let Some(pid) = unit.pid else { return };
+        signal_group(pid, unit.svc.stop_signal);
+        // A stopped (SIGSTOP) process would never see the stop signal.
+        signal_group(pid, Signal::SIGCONT);
+        let deadline = now + unit.svc.stop_timeout;
+        unit.set(State::Stopping {
+            deadline,
+            killed: false,
+        });
+    }
+
+    /// The number of services per kind, for tests and status.
+    #[cfg(test)]
+    fn states(&self) -> Vec<(String, State)> {
+        self.units
+            .iter()
+            .map(|u| (u.name().to_string(), u.state.clone()))
+            .collect()
+    }
+}
+
+enum Deps {
+    Met,
+    Pending,
+    Blocked(String),
+}
+
+/// Signals the process group a service leads (it called setsid), or the process alone if the
+/// group is gone.
+fn signal_group(pid: Pid, sig: Signal) {
+    match kill(Pid::from_raw(-pid.as_raw()), sig) {
+        Ok(()) => {}
+        Err(Errno::ESRCH) => {
+            let _ = kill(pid, sig);
+        }
+        Err(e) => log::warn!("kill -{} {}: {} ({e:?})", sig.as_str(), pid, e.desc()),
+    }
+}
+
+fn epoll_timeout(timeout: Option<Duration>) -> EpollTimeout {
+    match timeout {
+        None => EpollTimeout::NONE,
+        Some(d) => {
+            // Round up: waking a millisecond early would only cost an extra loop turn.
+            let ms = d.as_micros().div_ceil(1000);
+            EpollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(EpollTimeout::NONE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::service::parse;
+
+    fn sup(files: &[(&str, &str)]) -> Supervisor {
+        let services = files
+            .iter()
+            .map(|(n, t)| parse(n, format!("{n}.toml").into(), t).unwrap().0)
+            .collect();
+        Supervisor::new(Tree {
+            services,
+            ..Tree::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn requires_on_failed_service_blocks_but_after_does_not() {
+        let mut s = sup(&[
+            ("a", "exec = [\"/x\"]\n"),
+            ("b", "exec = [\"/x\"]\nrequires = [\"a\"]\n"),
+            ("c", "exec = [\"/x\"]\nafter = [\"a\"]\n"),
+        ]);
+        s.units[0].set(State::Failed("boom".into()));
+        assert!(
+            matches!(s.dependency_state(1), Deps::Blocked(r) if r == "requires a, which has failed (boom)")
+        );
+        assert!(matches!(s.dependency_state(2), Deps::Met));
+    }
+
+    #[test]
+    fn dependents_wait_for_a_oneshot_to_finish() {
+        let mut s = sup(&[
+            ("net", "exec = [\"/x\"]\ntype = \"oneshot\"\n"),
+            ("web", "exec = [\"/x\"]\nrequires = [\"net\"]\n"),
+        ]);
+        s.units[0].set(State::Running);
+        assert!(matches!(s.dependency_state(1), Deps::Pending));
+        s.units[0].set(State::Done);
+        assert!(matches!(s.dependency_state(1), Deps::Met));
+        assert_eq!(s.states()[0].1, State::Done);
+    }
+
+    #[test]
+    fn requires_on_broken_file_blocks_with_its_reason() {
+        let mut s = sup(&[("web", "exec = [\"/x\"]\nrequires = [\"net\"]\n")]);
+        s.broken.push(config::Broken {
+            name: "net".into(),
+            reason: "has a configuration error".into(),
+        });
+        assert!(matches!(s.dependency_state(0),
+            Deps::Blocked(r) if r == "requires net, which has a configuration error"));
+    }
+
+    #[test]
+    fn epoll_timeout_rounds_up() {
+        assert_eq!(
+            epoll_timeout(Some(Duration::from_micros(1500))),
+            EpollTimeout::try_from(2).unwrap()
+        );
+        assert_eq!(epoll_timeout(None), EpollTimeout::NONE);
+    }
+}
