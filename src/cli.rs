@@ -28,7 +28,9 @@ pub fn main(args: &[String]) -> i32 {
     };
     match cmd {
         "init" => match parse_options(rest, &["--config"]) {
-            Ok(opts) => crate::boot::run(opts.get("--config").map(PathBuf::from)),
+            Ok(opts) => crate::boot::run(crate::boot::Mode::Manual {
+                config: opts.get("--config").map(PathBuf::from),
+            }),
             Err(e) => usage_error(&e),
         },
         "check" => match parse_options(rest, &["--root", "--config"]) {

@@ -11,10 +11,11 @@ mod shutdown;
 mod supervisor;
 
 fn main() {
-    // The kernel may pass stray command line words to init as arguments: as PID 1, ignore them.
-    if std::process::id() == 1 {
-        boot::run(None);
-    }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The kernel passes stray command line words to init as arguments: as PID 1, anything but
+    // an explicit `init` means the kernel started us.
+    if std::process::id() == 1 && args.first().map(String::as_str) != Some("init") {
+        boot::run(boot::Mode::Kernel);
+    }
     std::process::exit(cli::main(&args));
 }

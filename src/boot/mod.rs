@@ -22,15 +22,25 @@ use crate::config::{self, DEFAULT_DIR};
 use crate::shutdown;
 use crate::supervisor::{self, Supervisor};
 
-/// Boots the system and supervises it until shutdown. Never returns.
-///
-/// As PID 1 (also PID 1 of a fresh PID namespace) brig owns the host: it mounts, sets the
-/// hostname, loads modules and ends in reboot(2). Started as `brig init` under another init it
-/// only supervises, logs to stderr, and exits at the end; `config` then names the directory.
-pub fn run(config: Option<PathBuf>) -> ! {
+/// How brig was started, which decides how much of the host it takes over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Run by the kernel as the system's init: everything, ending in unmount and reboot(2).
+    Kernel,
+    /// `brig init` typed by someone. As PID 1 of a fresh PID namespace it mounts and sets the
+    /// hostname inside its namespaces, signals every process left at the end and calls
+    /// reboot(2), which ends the namespace; it never loads modules or remounts filesystems,
+    /// whose effects reach past the namespace. Not as PID 1 it only supervises and exits at
+    /// the end. Either way it keeps the stdio it was given and logs to stderr.
+    Manual { config: Option<PathBuf> },
+}
+
+/// Boots and supervises until shutdown. Never returns.
+pub fn run(mode: Mode) -> ! {
     let pid1 = std::process::id() == 1;
+    let kernel = mode == Mode::Kernel;
     let mut opts = cmdline::Options::default();
-    if pid1 {
+    if kernel {
         // Logging first: messages wait in memory until /dev/kmsg exists.
         crate::log::init_system(log::LevelFilter::Info);
         bring_up_host();
@@ -38,12 +48,19 @@ pub fn run(config: Option<PathBuf>) -> ! {
         opts = cmdline::parse(&text);
     } else {
         crate::log::init_stderr(log::LevelFilter::Info);
+        if pid1 {
+            mount_api_filesystems();
+        }
     }
     log::info!(
         "brig {} starting as PID {}",
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     );
+    let config = match mode {
+        Mode::Manual { config } => config,
+        Mode::Kernel => None,
+    };
     let dir = config
         .or(opts.config.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
@@ -67,13 +84,15 @@ pub fn run(config: Option<PathBuf>) -> ! {
 
     if pid1 {
         set_hostname(&tree.system.hostname);
+    }
+    if kernel {
         modules::load_all(
             &tree.system.modules,
             &modules::modules_dir(),
             Path::new("/sys/module"),
         );
     }
-    prepare_signals(pid1);
+    prepare_signals(pid1, kernel);
 
     let action = match Supervisor::new(tree, pid1) {
         Ok(mut sup) => sup.run(),
@@ -86,7 +105,11 @@ pub fn run(config: Option<PathBuf>) -> ! {
         log::info!("{} requested; not PID 1, so exiting instead", action.name());
         std::process::exit(0);
     }
-    let errno = shutdown::finish(action, Path::new("/proc/self/mountinfo"));
+    let errno = if kernel {
+        shutdown::finish(action, Path::new("/proc/self/mountinfo"))
+    } else {
+        shutdown::end_namespace(action)
+    };
     log::error!(
         "reboot({}): {} ({errno:?}); only reaping from now on",
         action.name(),
@@ -157,7 +180,7 @@ fn set_hostname(name: &str) {
 }
 
 /// Blocks the signals the supervisor reads through its signalfd, and makes sure they reach it.
-fn prepare_signals(pid1: bool) {
+fn prepare_signals(pid1: bool, kernel: bool) {
     if let Err(e) = sigprocmask(
         SigmaskHow::SIG_BLOCK,
         Some(&supervisor::handled_signals()),
@@ -165,12 +188,12 @@ fn prepare_signals(pid1: bool) {
     ) {
         log::error!("sigprocmask: {} ({e:?})", e.desc());
     }
-    if pid1 {
+    if kernel {
         // Ctrl-Alt-Del becomes SIGINT to PID 1 instead of an immediate reboot.
         if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
             log::warn!("reboot(CAD_OFF): {} ({e:?})", e.desc());
         }
-    } else {
+    } else if !pid1 {
         // `brig init` under another init: orphans of our services must still come to us.
         // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {

@@ -163,7 +163,10 @@ impl Sink {
             text = &text[..cut];
         }
         if let Target::Stderr = self.target {
-            let _ = writeln!(io::stderr(), "{tag}: {text}");
+            let _ = match pid {
+                Some(pid) => writeln!(io::stderr(), "{tag}[{pid}]: {text}"),
+                None => writeln!(io::stderr(), "{tag}: {text}"),
+            };
             return true;
         }
         let pri = FACILITY_DAEMON | sev;

@@ -108,6 +108,17 @@ pub fn finish(action: Action, mountinfo: &Path) -> Errno {
     }
 }
 
+/// Ends a PID namespace whose PID 1 is brig: reboot(2) there terminates the namespace (the
+/// kernel kills its init with SIGHUP for a restart, SIGINT otherwise) and touches nothing
+/// outside it. Returns only on failure.
+pub fn end_namespace(action: Action) -> Errno {
+    log::info!("shutdown: {} now (ends this PID namespace)", action.name());
+    match nix::sys::reboot::reboot(action.mode()) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
 /// A mount point to release, with its filesystem type.
 #[derive(Debug, PartialEq, Eq)]
 struct Mount {

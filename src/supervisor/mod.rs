@@ -592,7 +592,8 @@ impl Supervisor {
                     deadline,
                     killed: false,
                 });
-                None
+                // The sweep may have found nobody left: decide now rather than after a wait.
+                self.advance_shutdown(now)
             }
             Phase::Remaining { deadline, killed } => {
                 if self.no_children {
@@ -727,10 +728,13 @@ mod tests {
             .iter()
             .map(|(n, t)| parse(n, format!("{n}.toml").into(), t).unwrap().0)
             .collect();
-        Supervisor::new(Tree {
-            services,
-            ..Tree::default()
-        })
+        Supervisor::new(
+            Tree {
+                services,
+                ..Tree::default()
+            },
+            false,
+        )
         .unwrap()
     }
 

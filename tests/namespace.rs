@@ -1,0 +1,370 @@
+//! Privileged tests: brig as PID 1 of throwaway namespaces (pid, mount, uts, ipc, net).
+//!
+//! Each test writes a config under the cargo target directory (brig mounts a fresh /tmp in its
+//! namespace), starts `unshare ... brig init --config DIR`, and reads brig's log from stderr.
+//! The services of the test drive it, for example by signalling PID 1 when they are done. The
+//! namespaces end when brig calls reboot(2), so nothing outlives a test and the host's own
+//! mounts and processes are never touched. These tests need root; they fail, not skip, without.
+
+// Test code: a failed step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Run {
+    log: String,
+    signal: Option<i32>,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn has(&self, needle: &str) -> bool {
+        self.log.contains(needle)
+    }
+
+    fn assert_has(&self, needle: &str) {
+        assert!(
+            self.has(needle),
+            "missing {needle:?} in brig's log:\n{}",
+            self.log
+        );
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log.matches(needle).count()
+    }
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "namespace tests need root (unshare of pid/mount/uts namespaces)"
+    );
+}
+
+/// Boots brig in new namespaces with the given system.toml and services, and waits for the
+/// namespace to end (or `limit` to pass, which fails the test).
+fn boot(test: &str, system: &str, services: &[(&str, &str)], limit: Duration) -> Run {
+    require_root();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ns-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("services")).unwrap();
+    std::fs::write(dir.join("system.toml"), system).unwrap();
+    for (name, text) in services {
+        std::fs::write(dir.join("services").join(format!("{name}.toml")), text).unwrap();
+    }
+    let start = Instant::now();
+    let mut child = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--propagation",
+            "private",
+        ])
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_brig"))
+        .args(["init", "--config"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run unshare");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = reader.join().unwrap();
+            panic!("namespace did not end within {limit:?}; brig's log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    let log = reader.join().unwrap();
+    Run {
+        log,
+        signal: status.signal(),
+        elapsed,
+    }
+}
+
+/// A service that waits until the others had time to act, then runs `script`.
+fn probe(delay: &str, script: &str) -> String {
+    format!(
+        "exec = [\"/bin/sh\", \"-c\", \"sleep {delay}; {}\"]\ntype = \"oneshot\"\n",
+        script.replace('\\', "\\\\").replace('"', "\\\"")
+    )
+}
+
+/// Counts zombies in /proc of the namespace and prints the figure, then asks for poweroff.
+const COUNT_ZOMBIES: &str = "z=0; for s in /proc/[0-9]*/stat; do \
+     read -r line < $s 2>/dev/null || continue; \
+     case ${line##*) } in Z*) z=$((z+1));; esac; done; \
+     echo zombies=$z; kill -USR2 1";
+
+#[test]
+fn orphans_from_double_forks_and_bursts_are_reaped() {
+    let orphans = "exec = [\"/bin/sh\", \"-c\", \"for i in $(seq 100); do (sleep 0.2 &) ; done; \
+                   (sleep 0.5 &); exec sleep 1000\"]\n";
+    let burst = "exec = [\"/bin/sh\", \"-c\", \"for i in $(seq 300); do /bin/true & done; \
+                 wait; exec sleep 1000\"]\n";
+    let run = boot(
+        "orphans",
+        "",
+        &[
+            ("orphans", orphans),
+            ("burst", burst),
+            ("probe", &probe("2", COUNT_ZOMBIES)),
+        ],
+        Duration::from_secs(20),
+    );
+    run.assert_has("probe[");
+    run.assert_has("]: zombies=0");
+    run.assert_has("shutdown: poweroff requested (SIGUSR2)");
+    // reboot(2) in a PID namespace kills its init with SIGINT for poweroff.
+    assert_eq!(run.signal, Some(libc::SIGINT), "{}", run.log);
+}
+
+#[test]
+fn service_ignoring_sigterm_is_killed_after_its_stop_timeout() {
+    let stubborn = "exec = [\"/bin/sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.1; done\"]\n\
+                    stop_timeout = \"1s\"\n";
+    let polite = "exec = [\"/bin/sleep\", \"1000\"]\n";
+    let run = boot(
+        "stubborn",
+        "shutdown_grace = \"1s\"\n",
+        &[
+            ("stubborn", stubborn),
+            ("polite", polite),
+            ("probe", &probe("0.5", "kill -TERM 1")),
+        ],
+        Duration::from_secs(20),
+    );
+    run.assert_has("shutdown: reboot requested (SIGTERM)");
+    run.assert_has("service stubborn: did not stop within 1s, sending SIGKILL");
+    run.assert_has("service polite: stopped (killed by signal SIGTERM)");
+    assert!(!run.has("service polite: did not stop"), "{}", run.log);
+    assert_eq!(
+        run.signal,
+        Some(libc::SIGHUP),
+        "reboot ends the namespace with SIGHUP"
+    );
+    // 0.5 s probe delay + 1 s stop timeout + grace at most; generous for a loaded machine.
+    assert!(
+        run.elapsed < Duration::from_secs(6),
+        "took {:?}\n{}",
+        run.elapsed,
+        run.log
+    );
+}
+
+#[test]
+fn setsid_escapee_is_killed_by_the_final_sweep() {
+    let escapee = "exec = [\"/bin/sh\", \"-c\", \"setsid sh -c 'trap \\\"\\\" TERM; \
+                   while :; do sleep 0.1; done' & exec sleep 1000\"]\n";
+    let run = boot(
+        "escapee",
+        "shutdown_grace = \"1s\"\n",
+        &[
+            ("escapee", escapee),
+            ("probe", &probe("0.5", "kill -USR1 1")),
+        ],
+        Duration::from_secs(20),
+    );
+    run.assert_has("shutdown: halt requested (SIGUSR1)");
+    run.assert_has("shutdown: sending SIGTERM to remaining processes");
+    run.assert_has("shutdown: processes left after 1s, sending SIGKILL");
+    assert_eq!(run.signal, Some(libc::SIGINT), "{}", run.log);
+}
+
+#[test]
+fn exec_failures_name_the_path_and_errno_without_delaying_siblings() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ns-exec-files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let noexec = dir.join("noexec.sh");
+    let badinterp = dir.join("badinterp.sh");
+    let empty = dir.join("empty");
+    std::fs::write(&noexec, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::write(&badinterp, "#!/nonexistent/interpreter\necho hi\n").unwrap();
+    std::fs::write(&empty, "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&badinterp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let svc = |path: &std::path::Path| {
+        format!(
+            "exec = [\"{}\"]\nrestart_limit = 3\nrestart_delay = \"50ms\"\n",
+            path.display()
+        )
+    };
+    let run = boot(
+        "exec",
+        "",
+        &[
+            ("missing", &svc(std::path::Path::new("/nonexistent/daemon"))),
+            ("noexec", &svc(&noexec)),
+            ("badinterp", &svc(&badinterp)),
+            ("empty", &svc(&empty)),
+            ("healthy", "exec = [\"/bin/sleep\", \"1000\"]\n"),
+            ("probe", &probe("1.5", "kill -USR2 1")),
+        ],
+        Duration::from_secs(20),
+    );
+    run.assert_has(
+        "service missing: exec /nonexistent/daemon failed: No such file or directory (ENOENT)",
+    );
+    run.assert_has(&format!(
+        "service noexec: exec {} failed: Permission denied (EACCES)",
+        noexec.display()
+    ));
+    run.assert_has(&format!(
+        "service badinterp: exec {} failed: interpreter /nonexistent/interpreter not found (ENOENT)",
+        badinterp.display()
+    ));
+    run.assert_has(&format!(
+        "service empty: exec {} failed: not an executable format",
+        empty.display()
+    ));
+    // Bounded: three tries each, then failed, once.
+    for name in ["missing", "noexec", "badinterp", "empty"] {
+        assert_eq!(
+            run.count(&format!("service {name}: exec ")),
+            3,
+            "{name}\n{}",
+            run.log
+        );
+        assert_eq!(
+            run.count(&format!("service {name}: failed: 3 failures")),
+            1,
+            "{}",
+            run.log
+        );
+    }
+    // The healthy sibling did not wait for the failing ones' backoff: it ran before any of
+    // them was tried a second time.
+    let healthy = run
+        .log
+        .find("service healthy: running")
+        .expect("healthy started");
+    let second_round = run.log.find("(failure 2 of 3)").expect("a second failure");
+    assert!(healthy < second_round, "{}", run.log);
+}
+
+#[test]
+fn crash_loop_backs_off_with_doubling_delays_then_gives_up_once() {
+    let crasher = "exec = [\"/bin/sh\", \"-c\", \"exit 3\"]\nrestart_delay = \"50ms\"\n\
+                   restart_limit = 5\n";
+    let run = boot(
+        "crashloop",
+        "",
+        &[("crasher", crasher), ("probe", &probe("2", "kill -USR2 1"))],
+        Duration::from_secs(20),
+    );
+    for (k, ms) in [(1, 50), (2, 100), (3, 200), (4, 400)] {
+        run.assert_has(&format!(
+            "service crasher: restarting in {ms} ms (failure {k} of 5)"
+        ));
+    }
+    assert_eq!(
+        run.count("service crasher: failed: 5 failures within 60s, giving up"),
+        1
+    );
+    assert_eq!(
+        run.count("service crasher: exited with status 3"),
+        5,
+        "{}",
+        run.log
+    );
+}
+
+#[test]
+fn broken_files_are_reported_with_location_and_the_rest_boots() {
+    let run = boot(
+        "broken",
+        "",
+        &[
+            ("syntax", "exec = [\"/bin/true\"\n"),
+            ("typo", "exec = [\"/bin/true\"]\nrestrat = \"always\"\n"),
+            (
+                "duration",
+                "exec = [\"/bin/true\"]\nstop_timeout = \"ten\"\n",
+            ),
+            (
+                "dependent",
+                "exec = [\"/bin/sleep\", \"1000\"]\nrequires = [\"syntax\"]\n",
+            ),
+            ("good", "exec = [\"/bin/sleep\", \"1000\"]\n"),
+            ("probe", &probe("0.5", "kill -USR2 1")),
+        ],
+        Duration::from_secs(20),
+    );
+    run.assert_has("services/typo.toml:2:1: unknown field `restrat`");
+    run.assert_has("services/duration.toml:2:16: bad duration \"ten\"");
+    run.assert_has("services/syntax.toml:");
+    run.assert_has(
+        "service dependent: not started: requires syntax, which has a configuration error",
+    );
+    run.assert_has("service good: running");
+    run.assert_has("system ready: 2 running, 0 done, 4 not started");
+}
+
+#[test]
+fn hostname_is_set_and_sigquit_changes_nothing() {
+    let run = boot(
+        "signals",
+        "hostname = \"brig-test\"\n",
+        &[(
+            "probe",
+            &probe(
+                "0.3",
+                "hostname; kill -QUIT 1; kill -HUP 1; sleep 0.3; kill -USR2 1",
+            ),
+        )],
+        Duration::from_secs(20),
+    );
+    run.assert_has("probe[");
+    run.assert_has("]: brig-test");
+    run.assert_has("ignoring SIGQUIT");
+    run.assert_has("shutdown: poweroff requested (SIGUSR2)");
+}
+
+#[test]
+fn shutdown_does_not_wait_out_the_grace_period_when_nothing_is_left() {
+    // Regression: the final sweep found no process left but the loop still slept until the
+    // grace deadline before rebooting.
+    let run = boot(
+        "no-wait",
+        "shutdown_grace = \"30s\"\n",
+        &[
+            ("sleeper", "exec = [\"/bin/sleep\", \"1000\"]\n"),
+            ("probe", &probe("0.2", "kill -USR2 1")),
+        ],
+        Duration::from_secs(20),
+    );
+    run.assert_has("shutdown: sending SIGTERM to remaining processes");
+    assert!(!run.has("processes left after"), "{}", run.log);
+    assert!(
+        run.elapsed < Duration::from_secs(10),
+        "took {:?}",
+        run.elapsed
+    );
+}
