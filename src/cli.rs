@@ -5,56 +5,65 @@
 use std::path::{Path, PathBuf};
 
 use crate::config;
+use crate::control::client;
 
 const USAGE: &str = "\
 usage: brig <command> [options]
 
-commands:
-  init [--config DIR]     boot and supervise (what the kernel runs as /init)
+  init [--config DIR] [--socket PATH]
+                                 boot and supervise (what the kernel runs as /init)
   check [--root DIR] [--config DIR]
-                          validate a configuration tree offline; prints every error
-  help                    this text
-  version                 print the version
-
-exit codes: 0 ok, 1 problems found, 2 usage error";
+                                 validate a configuration tree offline; prints every error
+  help                           this text
+  version                        print the version
+";
 
 pub fn main(args: &[String]) -> i32 {
     let (cmd, rest) = match args.split_first() {
         Some((cmd, rest)) => (cmd.as_str(), rest),
         None => {
-            eprintln!("{USAGE}");
+            eprintln!("{}", usage());
             return 2;
         }
     };
     match cmd {
-        "init" => match parse_options(rest, &["--config"]) {
+        "init" => match parse_options(rest, &["--config", "--socket"]) {
             Ok(opts) => crate::boot::run(crate::boot::Mode::Manual {
                 config: opts.get("--config").map(PathBuf::from),
+                socket: opts.get("--socket").map(PathBuf::from),
             }),
             Err(e) => usage_error(&e),
         },
         "check" => match parse_options(rest, &["--root", "--config"]) {
-            Ok(opts) => check(
-                opts.get("--root").map(Path::new),
-                opts.get("--config").map(Path::new),
-            ),
+            Ok(opts) => {
+                check(opts.get("--root").map(Path::new), opts.get("--config").map(Path::new))
+            }
             Err(e) => usage_error(&e),
         },
         "help" | "--help" | "-h" => {
-            println!("{USAGE}");
+            println!("{}", usage());
             0
         }
         "version" | "--version" | "-V" => {
             println!("brig {}", env!("CARGO_PKG_VERSION"));
             0
         }
+        cmd if client::is_command(cmd) => client::main(cmd, rest),
         other => usage_error(&format!("unknown command {other:?}")),
     }
 }
 
 fn usage_error(message: &str) -> i32 {
-    eprintln!("brig: {message}\n\n{USAGE}");
+    eprintln!("brig: {message}\n\n{}", usage());
     2
+}
+
+fn usage() -> String {
+    format!(
+        "{USAGE}{}\n\nexit codes: 0 ok, 1 failed (problems found, a service did not start, reload \
+         rejected), 2 usage error, 3 brig unreachable",
+        client::USAGE
+    )
 }
 
 /// Options of the form `--name VALUE`; anything else is an error naming the word.
@@ -62,10 +71,7 @@ struct Options(Vec<(String, String)>);
 
 impl Options {
     fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 

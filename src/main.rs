@@ -4,8 +4,10 @@
 //! supervises the services of /etc/brig; otherwise it is the command-line tool.
 
 mod boot;
+mod cgroup;
 mod cli;
 mod config;
+mod control;
 mod log;
 mod shutdown;
 mod supervisor;

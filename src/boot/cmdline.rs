@@ -55,13 +55,7 @@ mod tests {
     #[test]
     fn brig_options_are_found_among_others() {
         let o = parse("console=ttyS0 brig.debug root=/dev/vda brig.config=/data/brig\n");
-        assert_eq!(
-            o,
-            Options {
-                debug: true,
-                config: Some("/data/brig".into())
-            }
-        );
+        assert_eq!(o, Options { debug: true, config: Some("/data/brig".into()) });
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum Mode {
     /// reboot(2), which ends the namespace; it never loads modules or remounts filesystems,
     /// whose effects reach past the namespace. Not as PID 1 it only supervises and exits at
     /// the end. Either way it keeps the stdio it was given and logs to stderr.
-    Manual { config: Option<PathBuf> },
+    Manual { config: Option<PathBuf>, socket: Option<PathBuf> },
 }
 
 /// Boots and supervises until shutdown. Never returns.
@@ -52,25 +52,16 @@ pub fn run(mode: Mode) -> ! {
             mount_api_filesystems();
         }
     }
-    log::info!(
-        "brig {} starting as PID {}",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id()
-    );
-    let config = match mode {
-        Mode::Manual { config } => config,
-        Mode::Kernel => None,
+    log::info!("brig {} starting as PID {}", env!("CARGO_PKG_VERSION"), std::process::id());
+    let (config, socket) = match mode {
+        Mode::Manual { config, socket } => (config, socket),
+        Mode::Kernel => (None, None),
     };
-    let dir = config
-        .or(opts.config.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+    let socket = socket.unwrap_or_else(|| PathBuf::from(crate::control::protocol::SOCKET_PATH));
+    let dir = config.or(opts.config.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
 
     let tree = config::load(&dir);
-    let level = if opts.debug {
-        log::LevelFilter::Debug
-    } else {
-        tree.system.log_level.filter()
-    };
+    let level = if opts.debug { log::LevelFilter::Debug } else { tree.system.log_level.filter() };
     crate::log::set_level(level);
     for d in &tree.diagnostics {
         log::error!("config: {d}");
@@ -86,15 +77,11 @@ pub fn run(mode: Mode) -> ! {
         set_hostname(&tree.system.hostname);
     }
     if kernel {
-        modules::load_all(
-            &tree.system.modules,
-            &modules::modules_dir(),
-            Path::new("/sys/module"),
-        );
+        modules::load_all(&tree.system.modules, &modules::modules_dir(), Path::new("/sys/module"));
     }
     prepare_signals(pid1, kernel);
 
-    let action = match Supervisor::new(tree, pid1) {
+    let action = match Supervisor::new(tree, pid1, dir, Some(&socket)) {
         Ok(mut sup) => sup.run(),
         Err(e) => {
             log::error!("cannot start the supervisor: {e}; only reaping from now on");
@@ -181,11 +168,7 @@ fn set_hostname(name: &str) {
 
 /// Blocks the signals the supervisor reads through its signalfd, and makes sure they reach it.
 fn prepare_signals(pid1: bool, kernel: bool) {
-    if let Err(e) = sigprocmask(
-        SigmaskHow::SIG_BLOCK,
-        Some(&supervisor::handled_signals()),
-        None,
-    ) {
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&supervisor::handled_signals()), None) {
         log::error!("sigprocmask: {} ({e:?})", e.desc());
     }
     if kernel {
@@ -197,10 +180,7 @@ fn prepare_signals(pid1: bool, kernel: bool) {
         // `brig init` under another init: orphans of our services must still come to us.
         // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            log::warn!(
-                "prctl(PR_SET_CHILD_SUBREAPER): {}",
-                std::io::Error::last_os_error()
-            );
+            log::warn!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
         }
     }
 }

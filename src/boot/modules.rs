@@ -97,9 +97,7 @@ pub fn load_all(names: &[String], dir: &Path, sys_module: &Path) {
 /// Loads one module file. Already loaded (EEXIST) counts as success.
 fn insert(path: &Path) -> Result<(), String> {
     let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    let compressed = [".xz", ".zst", ".gz"]
-        .iter()
-        .any(|ext| path.to_string_lossy().ends_with(ext));
+    let compressed = [".xz", ".zst", ".gz"].iter().any(|ext| path.to_string_lossy().ends_with(ext));
     let mut flags = nix::kmod::ModuleInitFlags::empty();
     if compressed {
         // MODULE_INIT_COMPRESSED_FILE (Linux 6.4): the kernel decompresses the file itself.
@@ -108,11 +106,7 @@ fn insert(path: &Path) -> Result<(), String> {
     let params = CString::default();
     match nix::kmod::finit_module(&file, &params, flags) {
         Ok(()) | Err(Errno::EEXIST) => Ok(()),
-        Err(e) => Err(format!(
-            "finit_module {}: {} ({e:?})",
-            path.display(),
-            e.desc()
-        )),
+        Err(e) => Err(format!("finit_module {}: {} ({e:?})", path.display(), e.desc())),
     }
 }
 
@@ -133,16 +127,9 @@ kernel/drivers/net/virtio-net.ko.xz: kernel/drivers/net/net_failover.ko.xz kerne
         let t = DepTable::parse(DEP);
         assert_eq!(
             t.load_order("bridge").unwrap(),
-            vec![
-                "kernel/net/llc/llc.ko",
-                "kernel/net/802/stp.ko",
-                "kernel/net/bridge/bridge.ko"
-            ]
+            vec!["kernel/net/llc/llc.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko"]
         );
-        assert_eq!(
-            t.load_order("overlay").unwrap(),
-            vec!["kernel/fs/overlayfs/overlay.ko"]
-        );
+        assert_eq!(t.load_order("overlay").unwrap(), vec!["kernel/fs/overlayfs/overlay.ko"]);
     }
 
     #[test]
@@ -155,10 +142,7 @@ kernel/drivers/net/virtio-net.ko.xz: kernel/drivers/net/net_failover.ko.xz kerne
 
     #[test]
     fn module_names_strip_directories_and_suffixes() {
-        assert_eq!(
-            module_name("kernel/drivers/net/virtio-net.ko.xz"),
-            "virtio_net"
-        );
+        assert_eq!(module_name("kernel/drivers/net/virtio-net.ko.xz"), "virtio_net");
         assert_eq!(module_name("overlay.ko"), "overlay");
     }
 }

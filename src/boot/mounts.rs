@@ -106,25 +106,14 @@ pub struct MountError {
 
 impl std::fmt::Display for MountError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {} ({:?})",
-            self.op,
-            self.path,
-            self.errno.desc(),
-            self.errno
-        )
+        write!(f, "{} {}: {} ({:?})", self.op, self.path, self.errno.desc(), self.errno)
     }
 }
 
 /// Mounts `m` under `root` unless it is there already. Returns whether it mounted.
 pub fn ensure(root: &Path, m: &Mount) -> Result<bool, MountError> {
     let target = root.join(m.target.trim_start_matches('/'));
-    let err = |op, errno| MountError {
-        op,
-        path: target.display().to_string(),
-        errno,
-    };
+    let err = |op, errno| MountError { op, path: target.display().to_string(), errno };
     if is_mounted(&target, m.magic) && (m.fstype != "proc" || proc_is_ours(&target)) {
         return Ok(false);
     }

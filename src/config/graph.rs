@@ -45,22 +45,12 @@ pub fn check(tree: &mut Tree, spans: &Spans) {
         for (i, name) in cycle.iter().enumerate().take(cycle.len() - 1) {
             let next = &cycle[i + 1];
             if let Some((_, text, deps)) = spans.iter().find(|(n, _, _)| n == name) {
-                let span = deps
-                    .entries
-                    .iter()
-                    .find(|(d, _)| d == next)
-                    .map(|(_, s)| s.clone());
-                let file = tree
-                    .service(name)
-                    .map(|s| s.file.clone())
-                    .unwrap_or_default();
+                let span = deps.entries.iter().find(|(d, _)| d == next).map(|(_, s)| s.clone());
+                let file = tree.service(name).map(|s| s.file.clone()).unwrap_or_default();
                 let message = format!("dependency cycle: {path}");
                 diagnostics.push(Diagnostic::new(&file, text, span, message));
             }
-            bad.insert(
-                name.clone(),
-                format!("is part of a dependency cycle ({path})"),
-            );
+            bad.insert(name.clone(), format!("is part of a dependency cycle ({path})"));
         }
     }
 
@@ -79,12 +69,8 @@ fn find_cycles(tree: &Tree) -> Vec<Vec<String>> {
         Active,
         Done,
     }
-    let index: BTreeMap<&str, usize> = tree
-        .services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
+    let index: BTreeMap<&str, usize> =
+        tree.services.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
     let mut marks = vec![Mark::New; tree.services.len()];
     let mut cycles = Vec::new();
     for root in 0..tree.services.len() {
@@ -148,10 +134,8 @@ mod tests {
 
     #[test]
     fn missing_dependency_is_reported_at_its_entry() {
-        let (tree, dir) = tree_of(
-            "missing",
-            &[("web", "exec = [\"/x\"]\nrequires = [\"net\", \"dbx\"]\n")],
-        );
+        let (tree, dir) =
+            tree_of("missing", &[("web", "exec = [\"/x\"]\nrequires = [\"net\", \"dbx\"]\n")]);
         assert!(tree.services.is_empty());
         let d = &tree.diagnostics;
         assert_eq!(d.len(), 2);
@@ -164,10 +148,7 @@ mod tests {
     fn dependency_on_a_broken_file_is_not_a_second_error() {
         let (tree, dir) = tree_of(
             "on-broken",
-            &[
-                ("net", "exec = [\"/x\"\n"),
-                ("web", "exec = [\"/x\"]\nrequires = [\"net\"]\n"),
-            ],
+            &[("net", "exec = [\"/x\"\n"), ("web", "exec = [\"/x\"]\nrequires = [\"net\"]\n")],
         );
         assert_eq!(tree.services.len(), 1);
         assert_eq!(tree.diagnostics.len(), 1);
@@ -188,10 +169,7 @@ mod tests {
         let names: Vec<&str> = tree.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["d"]);
         assert_eq!(tree.broken.len(), 3);
-        assert!(tree
-            .diagnostics
-            .iter()
-            .all(|d| d.message == "dependency cycle: a -> b -> c -> a"));
+        assert!(tree.diagnostics.iter().all(|d| d.message == "dependency cycle: a -> b -> c -> a"));
         assert_eq!(tree.diagnostics.len(), 3);
         cleanup(&dir);
     }

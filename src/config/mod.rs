@@ -51,11 +51,7 @@ impl Diagnostic {
     }
 
     fn io(file: &Path, op: &str, err: &io::Error) -> Self {
-        Diagnostic {
-            file: file.to_path_buf(),
-            position: None,
-            message: format!("{op}: {err}"),
-        }
+        Diagnostic { file: file.to_path_buf(), position: None, message: format!("{op}: {err}") }
     }
 }
 
@@ -100,20 +96,15 @@ fn load_system(path: &Path, tree: &mut Tree) {
         // No system.toml at all is a normal, minimal setup.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return,
         Err(e) => {
-            tree.diagnostics
-                .push(Diagnostic::io(path, "cannot read, using defaults", &e));
+            tree.diagnostics.push(Diagnostic::io(path, "cannot read, using defaults", &e));
             return;
         }
     };
     match system::parse(&text) {
         Ok(system) => tree.system = system,
         Err(e) => {
-            let message = format!(
-                "{} (using defaults for the whole file)",
-                e.message().trim_end()
-            );
-            tree.diagnostics
-                .push(Diagnostic::new(path, &text, e.span(), message));
+            let message = format!("{} (using defaults for the whole file)", e.message);
+            tree.diagnostics.push(Diagnostic::new(path, &text, e.span, message));
         }
     }
 }
@@ -142,28 +133,20 @@ fn load_service(
     tree: &mut Tree,
     spans: &mut Vec<(String, String, service::DependencySpans)>,
 ) {
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     if !service::valid_name(&name) {
         let message = format!(
             "{name:?} is not a valid service name (letters, digits, '_', '-', '.', '@'; the file \
              name is the service name)"
         );
-        tree.diagnostics
-            .push(Diagnostic::new(path, "", None, message));
+        tree.diagnostics.push(Diagnostic::new(path, "", None, message));
         return;
     }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
-            tree.diagnostics
-                .push(Diagnostic::io(path, "cannot read", &e));
-            tree.broken.push(Broken {
-                name,
-                reason: format!("its file cannot be read ({e})"),
-            });
+            tree.diagnostics.push(Diagnostic::io(path, "cannot read", &e));
+            tree.broken.push(Broken { name, reason: format!("its file cannot be read ({e})") });
             return;
         }
     };
@@ -173,12 +156,8 @@ fn load_service(
             tree.services.push(svc);
         }
         Err(e) => {
-            tree.diagnostics
-                .push(Diagnostic::new(path, &text, e.span, e.message));
-            tree.broken.push(Broken {
-                name,
-                reason: "has a configuration error".into(),
-            });
+            tree.diagnostics.push(Diagnostic::new(path, &text, e.span, e.message));
+            tree.broken.push(Broken { name, reason: "has a configuration error".into() });
         }
     }
 }
@@ -222,28 +201,18 @@ mod tests {
     fn one_broken_file_keeps_the_others_and_reports_file_line_col() {
         let dir = tempdir("broken");
         write(&dir, "services/good.toml", "exec = [\"/bin/true\"]\n");
-        write(
-            &dir,
-            "services/bad.toml",
-            "exec = [\"/bin/true\"]\nrestart = always\n",
-        );
+        write(&dir, "services/bad.toml", "exec = [\"/bin/true\"]\nrestart = always\n");
         let tree = load(&dir);
         assert_eq!(tree.services.len(), 1);
         assert_eq!(tree.services[0].name, "good");
         assert_eq!(
             tree.broken,
-            vec![Broken {
-                name: "bad".into(),
-                reason: "has a configuration error".into()
-            }]
+            vec![Broken { name: "bad".into(), reason: "has a configuration error".into() }]
         );
         assert_eq!(tree.diagnostics.len(), 1);
         let shown = tree.diagnostics[0].to_string();
         assert!(
-            shown.starts_with(&format!(
-                "{}:2:11: ",
-                dir.join("services/bad.toml").display()
-            )),
+            shown.starts_with(&format!("{}:2:11: ", dir.join("services/bad.toml").display())),
             "{shown}"
         );
         std::fs::remove_dir_all(dir).unwrap();
@@ -262,11 +231,7 @@ mod tests {
     #[test]
     fn broken_system_toml_falls_back_to_defaults_with_a_diagnostic() {
         let dir = tempdir("bad-system");
-        write(
-            &dir,
-            "system.toml",
-            "hostname = \"gw\"\nshutdown_grace = 5\n",
-        );
+        write(&dir, "system.toml", "hostname = \"gw\"\nshutdown_grace = 5\n");
         let tree = load(&dir);
         assert_eq!(tree.system, System::default());
         assert_eq!(tree.diagnostics.len(), 1);
@@ -287,9 +252,7 @@ mod tests {
         write(&dir, "services/a b.toml", "exec = [\"/bin/true\"]\n");
         let tree = load(&dir);
         assert!(tree.services.is_empty());
-        assert!(tree.diagnostics[0]
-            .message
-            .contains("not a valid service name"));
+        assert!(tree.diagnostics[0].message.contains("not a valid service name"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

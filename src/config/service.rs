@@ -83,9 +83,7 @@ pub struct Service {
 impl Service {
     /// Names of every service this one waits for, `requires` first.
     pub fn dependencies(&self) -> impl Iterator<Item = &String> {
-        self.requires
-            .iter()
-            .chain(self.after.iter().filter(|a| !self.requires.contains(a)))
+        self.requires.iter().chain(self.after.iter().filter(|a| !self.requires.contains(a)))
     }
 }
 
@@ -145,19 +143,13 @@ pub struct FileError {
 
 impl FileError {
     fn at(span: Range<usize>, message: impl Into<String>) -> Self {
-        FileError {
-            span: Some(span),
-            message: message.into(),
-        }
+        FileError { span: Some(span), message: message.into() }
     }
 }
 
 impl From<toml::de::Error> for FileError {
     fn from(e: toml::de::Error) -> Self {
-        FileError {
-            span: e.span(),
-            message: e.message().trim_end().to_string(),
-        }
+        FileError { span: e.span(), message: e.message().trim_end().to_string() }
     }
 }
 
@@ -166,9 +158,7 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
 }
 
 /// Decodes and checks one service file. `name` comes from the file name.
@@ -183,10 +173,7 @@ pub fn parse(
     let after = names_once(&raw.after, "after", &mut spans)?;
     for (dep, span) in &spans.entries {
         if dep == name {
-            return Err(FileError::at(
-                span.clone(),
-                format!("service {name:?} depends on itself"),
-            ));
+            return Err(FileError::at(span.clone(), format!("service {name:?} depends on itself")));
         }
     }
     let workdir = match raw.workdir {
@@ -203,15 +190,10 @@ pub fn parse(
         Some(l) => l.into_inner(),
         None => 5,
     };
-    let first = raw
-        .restart_delay
-        .map_or(Duration::from_millis(100), |d| d.0);
+    let first = raw.restart_delay.map_or(Duration::from_millis(100), |d| d.0);
     let backoff = Backoff {
         first,
-        max: raw
-            .restart_delay_max
-            .map_or(Duration::from_secs(30), |d| d.0)
-            .max(first),
+        max: raw.restart_delay_max.map_or(Duration::from_secs(30), |d| d.0).max(first),
         limit,
         window: raw.restart_window.map_or(Duration::from_secs(60), |d| d.0),
         stable: raw.stable_after.map_or(Duration::from_secs(10), |d| d.0),
@@ -257,10 +239,7 @@ fn names_once(
             ));
         }
         if names.contains(dep) {
-            return Err(FileError::at(
-                entry.span(),
-                format!("{key}: {dep:?} is listed twice"),
-            ));
+            return Err(FileError::at(entry.span(), format!("{key}: {dep:?} is listed twice")));
         }
         names.push(dep.clone());
         spans.entries.push((dep.clone(), entry.span()));
@@ -273,9 +252,7 @@ impl<'de> Deserialize<'de> for Exec {
         let argv = Vec::<NoNul>::deserialize(d)?;
         let argv: Vec<String> = argv.into_iter().map(|a| a.0).collect();
         match argv.first() {
-            None => Err(de::Error::custom(
-                "exec must name a program: [\"/path/to/program\", ...]",
-            )),
+            None => Err(de::Error::custom("exec must name a program: [\"/path/to/program\", ...]")),
             Some(p) if !p.starts_with('/') => Err(de::Error::custom(format!(
                 "exec program {p:?} must be an absolute path (brig does not search PATH)"
             ))),
@@ -288,9 +265,7 @@ impl<'de> Deserialize<'de> for NoNul {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         if s.contains('\0') {
-            return Err(de::Error::custom(
-                "strings passed to a program cannot contain NUL",
-            ));
+            return Err(de::Error::custom("strings passed to a program cannot contain NUL"));
         }
         Ok(NoNul(s))
     }
@@ -312,19 +287,13 @@ impl<'de> Deserialize<'de> for SignalName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let upper = s.to_ascii_uppercase();
-        let full = if upper.starts_with("SIG") {
-            upper
-        } else {
-            format!("SIG{upper}")
-        };
+        let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
         match Signal::from_str(&full) {
             Ok(Signal::SIGKILL) | Ok(Signal::SIGSTOP) => Err(de::Error::custom(format!(
                 "stop_signal {s:?} cannot be caught: brig sends SIGKILL itself after stop_timeout"
             ))),
             Ok(sig) => Ok(SignalName(sig)),
-            Err(_) => Err(de::Error::custom(format!(
-                "stop_signal: unknown signal {s:?}"
-            ))),
+            Err(_) => Err(de::Error::custom(format!("stop_signal: unknown signal {s:?}"))),
         }
     }
 }
@@ -418,11 +387,9 @@ mod tests {
         assert!(parse_err("exec = [\"/bin/true\"]\nafter = [\"svc\"]\n")
             .message
             .contains("depends on itself"));
-        assert!(
-            parse_err("exec = [\"/bin/true\"]\nrequires = [\"a\", \"a\"]\n")
-                .message
-                .contains("listed twice")
-        );
+        assert!(parse_err("exec = [\"/bin/true\"]\nrequires = [\"a\", \"a\"]\n")
+            .message
+            .contains("listed twice"));
     }
 
     #[test]
@@ -449,13 +416,8 @@ mod tests {
             parse_ok("exec = [\"/x\"]\nuser = \"www\"\n").user,
             Some(Ident::Name("www".into()))
         );
-        assert_eq!(
-            parse_ok("exec = [\"/x\"]\nuser = 33\n").user,
-            Some(Ident::Id(33))
-        );
-        assert!(parse_err("exec = [\"/x\"]\nuser = -1\n")
-            .message
-            .contains("not a valid"));
+        assert_eq!(parse_ok("exec = [\"/x\"]\nuser = 33\n").user, Some(Ident::Id(33)));
+        assert!(parse_err("exec = [\"/x\"]\nuser = -1\n").message.contains("not a valid"));
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use toml::Spanned;
+
 use super::duration::Dur;
+use super::service::FileError;
 
 /// Log levels as written in the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -39,6 +42,8 @@ pub struct System {
     pub log_level: LogLevel,
     /// Time between SIGTERM and SIGKILL for processes left after the services stopped.
     pub shutdown_grace: Duration,
+    /// Bytes of recent output kept in memory per service for `brig logs`.
+    pub log_buffer: usize,
 }
 
 impl Default for System {
@@ -48,6 +53,7 @@ impl Default for System {
             modules: Vec::new(),
             log_level: LogLevel::Info,
             shutdown_grace: Duration::from_secs(5),
+            log_buffer: 16 * 1024,
         }
     }
 }
@@ -59,13 +65,25 @@ struct SystemFile {
     modules: Option<Vec<String>>,
     log_level: Option<LogLevel>,
     shutdown_grace: Option<Dur>,
+    log_buffer: Option<Spanned<usize>>,
 }
 
 /// Parses the text of `system.toml`; the error is toml's, with its span.
-pub fn parse(text: &str) -> Result<System, toml::de::Error> {
+pub fn parse(text: &str) -> Result<System, FileError> {
     let file: SystemFile = toml::from_str(text)?;
     let defaults = System::default();
+    let log_buffer = match file.log_buffer {
+        Some(b) if *b.get_ref() < 1024 => {
+            return Err(FileError {
+                span: Some(b.span()),
+                message: "log_buffer must be at least 1024 (bytes per service)".into(),
+            })
+        }
+        Some(b) => b.into_inner(),
+        None => defaults.log_buffer,
+    };
     Ok(System {
+        log_buffer,
         hostname: file.hostname.unwrap_or(defaults.hostname),
         modules: file.modules.unwrap_or_default(),
         log_level: file.log_level.unwrap_or(defaults.log_level),
@@ -96,8 +114,15 @@ mod tests {
     }
 
     #[test]
+    fn tiny_log_buffer_is_rejected_at_its_value() {
+        let text = "log_buffer = 10\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(&text[err.span.unwrap()], "10");
+    }
+
+    #[test]
     fn unknown_key_is_rejected() {
         let err = parse("hostnme = \"gw\"\n").unwrap_err();
-        assert!(err.message().contains("unknown field"), "{err}");
+        assert!(err.message.contains("unknown field"), "{err:?}");
     }
 }

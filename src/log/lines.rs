@@ -63,10 +63,7 @@ mod tests {
 
     #[test]
     fn lines_split_across_reads_are_joined() {
-        assert_eq!(
-            collect(&[b"he", b"llo\nwor", b"ld\n"]),
-            vec!["hello", "world"]
-        );
+        assert_eq!(collect(&[b"he", b"llo\nwor", b"ld\n"]), vec!["hello", "world"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! stalled syslogd; the RFC 3164 framing brig needs is one `format!`.
 
 mod lines;
+pub mod ring;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -20,6 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use lines::LineBuffer;
+pub use ring::{Entry, Rings};
 
 /// syslog facility "daemon", shifted into place (RFC 3164).
 const FACILITY_DAEMON: u8 = 3 << 3;
@@ -32,11 +34,7 @@ const EARLY_KEEP: usize = 64;
 enum Target {
     /// PID 1: syslog when it listens, else the kernel log. Until /dev is mounted, messages wait
     /// in `early`.
-    System {
-        kmsg: Option<File>,
-        syslog: Option<UnixDatagram>,
-        early: Vec<String>,
-    },
+    System { kmsg: Option<File>, syslog: Option<UnixDatagram>, early: Vec<String> },
     /// Command-line use: standard error.
     Stderr,
 }
@@ -46,10 +44,17 @@ struct Sink {
     kmsg_bucket: TokenBucket,
 }
 
-static SINK: Mutex<Sink> = Mutex::new(Sink {
-    target: Target::Stderr,
-    kmsg_bucket: TokenBucket::new(50, 20),
-});
+static SINK: Mutex<Sink> =
+    Mutex::new(Sink { target: Target::Stderr, kmsg_bucket: TokenBucket::new(50, 20) });
+
+/// History for `brig logs`: brig's own messages and every service line, bounded per source.
+static RINGS: Mutex<Rings> = Mutex::new(Rings::new(16 * 1024));
+
+/// Runs `f` on the log history. None only if a panic poisoned the lock, which PID 1's
+/// panic=abort build cannot produce.
+pub fn with_rings<R>(f: impl FnOnce(&mut Rings) -> R) -> Option<R> {
+    RINGS.lock().ok().map(|mut r| f(&mut r))
+}
 
 struct Logger;
 
@@ -63,6 +68,7 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
             let text = record.args().to_string();
+            with_rings(|r| r.push("brig", None, &text));
             if let Ok(mut sink) = SINK.lock() {
                 sink.write(severity(record.level()), "brig", None, &text, false);
             }
@@ -81,11 +87,7 @@ pub fn init_stderr(level: log::LevelFilter) {
 /// Installs the logger for PID 1. Messages are kept until [`open_kernel_log`] succeeds.
 pub fn init_system(level: log::LevelFilter) {
     if let Ok(mut sink) = SINK.lock() {
-        sink.target = Target::System {
-            kmsg: None,
-            syslog: None,
-            early: Vec::new(),
-        };
+        sink.target = Target::System { kmsg: None, syslog: None, early: Vec::new() };
     }
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(level);
@@ -105,12 +107,7 @@ pub fn open_kernel_log() -> io::Result<()> {
     let Ok(mut sink) = SINK.lock() else {
         return Ok(());
     };
-    let Target::System {
-        kmsg: slot,
-        syslog,
-        early,
-    } = &mut sink.target
-    else {
+    let Target::System { kmsg: slot, syslog, early } = &mut sink.target else {
         return Ok(());
     };
     let result = match kmsg {
@@ -122,9 +119,7 @@ pub fn open_kernel_log() -> io::Result<()> {
     };
     // An unbound datagram socket: each message is sent to /dev/log by address, so a syslogd
     // that restarts is found again without reconnect logic.
-    *syslog = UnixDatagram::unbound()
-        .ok()
-        .filter(|s| s.set_nonblocking(true).is_ok());
+    *syslog = UnixDatagram::unbound().ok().filter(|s| s.set_nonblocking(true).is_ok());
     let kept = std::mem::take(early);
     for line in kept {
         sink.write_raw(&line, true);
@@ -135,6 +130,7 @@ pub fn open_kernel_log() -> io::Result<()> {
 /// Logs one line of a service's output with the service's name as tag. Returns false when
 /// the line was dropped (log full or rate limit hit), so the caller can count it.
 pub fn service_line(name: &str, pid: i32, line: &str) -> bool {
+    with_rings(|r| r.push(name, Some(pid), line));
     match SINK.lock() {
         Ok(mut sink) => sink.write(6, name, Some(pid), line, true),
         Err(_) => false,
@@ -178,12 +174,7 @@ impl Sink {
     }
 
     fn write_raw(&mut self, line: &str, limited: bool) -> bool {
-        let Target::System {
-            kmsg,
-            syslog,
-            early,
-        } = &mut self.target
-        else {
+        let Target::System { kmsg, syslog, early } = &mut self.target else {
             return false;
         };
         if let Some(sock) = syslog {
@@ -226,12 +217,7 @@ struct TokenBucket {
 
 impl TokenBucket {
     const fn new(burst: u32, rate: u32) -> Self {
-        TokenBucket {
-            burst,
-            rate,
-            tokens: burst,
-            last: None,
-        }
+        TokenBucket { burst, rate, tokens: burst, last: None }
     }
 
     fn take(&mut self, now: Instant) -> bool {

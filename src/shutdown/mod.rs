@@ -95,10 +95,7 @@ pub fn finish(action: Action, mountinfo: &Path) -> Errno {
     log::info!("shutdown: unmounting filesystems");
     match std::fs::read_to_string(mountinfo) {
         Ok(text) => unmount_all(&mounts_to_release(&text)),
-        Err(e) => log::warn!(
-            "shutdown: cannot read {}: {e}; not unmounting",
-            mountinfo.display()
-        ),
+        Err(e) => log::warn!("shutdown: cannot read {}: {e}; not unmounting", mountinfo.display()),
     }
     nix::unistd::sync();
     log::info!("shutdown: {} now", action.name());
@@ -135,10 +132,7 @@ fn mounts_to_release(mountinfo: &str) -> Vec<Mount> {
             let (left, right) = line.split_once(" - ")?;
             let target = left.split(' ').nth(4)?;
             let fstype = right.split(' ').next()?;
-            Some(Mount {
-                target: PathBuf::from(unescape(target)),
-                fstype: fstype.to_string(),
-            })
+            Some(Mount { target: PathBuf::from(unescape(target)), fstype: fstype.to_string() })
         })
         .filter(|m| !VIRTUAL_FS.contains(&m.fstype.as_str()))
         .collect();
@@ -154,9 +148,7 @@ fn unescape(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
         {
             let code =
                 (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
@@ -194,11 +186,7 @@ fn remount_read_only(target: &Path) {
         Ok(()) => log::debug!("remounted {} read-only", target.display()),
         // The initramfs root cannot be remounted; it holds nothing to protect.
         Err(Errno::EINVAL) => {}
-        Err(e) => log::warn!(
-            "remount {} read-only: {} ({e:?})",
-            target.display(),
-            e.desc()
-        ),
+        Err(e) => log::warn!("remount {} read-only: {} ({e:?})", target.display(), e.desc()),
     }
 }
 
@@ -217,10 +205,8 @@ mod tests {
 
     #[test]
     fn data_mounts_come_innermost_first_and_virtual_ones_stay() {
-        let targets: Vec<String> = mounts_to_release(SAMPLE)
-            .into_iter()
-            .map(|m| m.target.display().to_string())
-            .collect();
+        let targets: Vec<String> =
+            mounts_to_release(SAMPLE).into_iter().map(|m| m.target.display().to_string()).collect();
         assert_eq!(targets, vec!["/data/my dir", "/data", "/run"]);
     }
 

@@ -6,11 +6,13 @@
 //! routers have no RTC and the wall clock jumps when NTP syncs. With nothing to do it sleeps
 //! without a timeout: an idle appliance costs PID 1 no wakeups.
 
+mod commands;
 pub mod spawn;
 pub mod unit;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -21,6 +23,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::config::{self, duration, Tree};
+use crate::control::{self, Server};
 use crate::shutdown::{self, Action};
 use unit::{Exit, Next, State, Unit};
 
@@ -96,32 +99,48 @@ pub struct Supervisor {
     /// PID 1 of the system (or of a PID namespace): at shutdown it signals every process
     /// left. Anything else must never do that, since kill(-1) would reach the whole host.
     owns_system: bool,
+    /// Where the configuration came from, for reload.
+    config_dir: PathBuf,
+    /// The control socket, when it could be created.
+    control: Option<Server>,
+    /// Clients waiting for a start, stop or restart to finish.
+    waiters: Vec<commands::Waiter>,
 }
 
 impl Supervisor {
     /// Sets up the event loop. The caller has blocked [`handled_signals`] already.
-    pub fn new(tree: Tree, owns_system: bool) -> Result<Self, SetupError> {
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|errno| SetupError {
-            op: "epoll_create1",
-            errno,
-        })?;
+    /// `socket`: where to serve the control protocol (None: no socket, as in unit tests).
+    pub fn new(
+        tree: Tree,
+        owns_system: bool,
+        config_dir: PathBuf,
+        socket: Option<&Path>,
+    ) -> Result<Self, SetupError> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(|errno| SetupError { op: "epoll_create1", errno })?;
         let signals = SignalFd::with_flags(
             &handled_signals(),
             SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
         )
-        .map_err(|errno| SetupError {
-            op: "signalfd",
-            errno,
-        })?;
+        .map_err(|errno| SetupError { op: "signalfd", errno })?;
         epoll
-            .add(
-                signals.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN),
-            )
-            .map_err(|errno| SetupError {
-                op: "epoll_ctl signalfd",
-                errno,
-            })?;
+            .add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN))
+            .map_err(|errno| SetupError { op: "epoll_ctl signalfd", errno })?;
+        let control = socket.and_then(|path| match Server::bind(path) {
+            Ok(server) => match server.register(&epoll) {
+                Ok(()) => Some(server),
+                Err(e) => {
+                    log::error!("control: epoll_ctl add listener: {} ({e:?})", e.desc());
+                    None
+                }
+            },
+            // Services run regardless; only the client cannot reach us.
+            Err(e) => {
+                log::error!("control: {e}; brig status and friends will not work");
+                None
+            }
+        });
+        crate::log::with_rings(|r| r.set_capacity(tree.system.log_buffer));
         Ok(Supervisor {
             units: tree.services.into_iter().map(Unit::new).collect(),
             broken: tree.broken,
@@ -133,6 +152,9 @@ impl Supervisor {
             shutdown: None,
             no_children: false,
             owns_system,
+            config_dir,
+            control,
+            waiters: Vec::new(),
         })
     }
 
@@ -144,9 +166,7 @@ impl Supervisor {
             if let Some(action) = self.advance(now) {
                 return action;
             }
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(now));
             let n = match self.epoll.wait(&mut events, epoll_timeout(timeout)) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => continue,
@@ -161,7 +181,9 @@ impl Supervisor {
             for ev in &events[..n] {
                 match ev.data() {
                     SIGNAL_TOKEN => self.read_signals(),
-                    fd => self.read_pipe(fd as RawFd),
+                    control::LISTEN_TOKEN => self.accept_clients(),
+                    fd if self.pipes.contains_key(&(fd as RawFd)) => self.read_pipe(fd as RawFd),
+                    fd => self.client_event(fd as RawFd, ev.events()),
                 }
             }
         }
@@ -169,11 +191,15 @@ impl Supervisor {
 
     /// Does everything that is due at `now`. Returns the final action when shutdown is over.
     fn advance(&mut self, now: Instant) -> Option<Action> {
+        self.enforce_stop_timeouts(now);
+        self.serve_clients(now);
         if self.shutdown.is_some() {
             return self.advance_shutdown(now);
         }
         self.start_due(now);
+        self.purge_removed();
         self.announce_ready();
+        self.finish_waiters(now);
         None
     }
 
@@ -185,13 +211,12 @@ impl Supervisor {
             _ => None,
         });
         let phase = match &self.shutdown {
-            Some(Shutdown {
-                phase: Phase::Remaining { deadline, .. },
-                ..
-            }) => Some(*deadline),
+            Some(Shutdown { phase: Phase::Remaining { deadline, .. }, .. }) => Some(*deadline),
             _ => None,
         };
-        units.chain(phase).min()
+        let clients = self.control.as_ref().and_then(Server::next_deadline);
+        let waiters = self.waiters.iter().map(|w| w.deadline);
+        units.chain(phase).chain(clients).chain(waiters).min()
     }
 
     // ---- starting -------------------------------------------------------------------------
@@ -266,11 +291,7 @@ impl Supervisor {
         let unit = &mut self.units[i];
         unit.exec_error = None;
         unit.started_at = Some(now);
-        log::debug!(
-            "service {}: starting {}",
-            unit.name(),
-            unit.svc.exec.join(" ")
-        );
+        log::debug!("service {}: starting {}", unit.name(), unit.svc.exec.join(" "));
         match spawn::spawn(&unit.svc) {
             Ok(child) => {
                 unit.pid = Some(child.pid);
@@ -312,11 +333,7 @@ impl Supervisor {
             return;
         }
         self.ready_announced = true;
-        let running = self
-            .units
-            .iter()
-            .filter(|u| u.state == State::Running)
-            .count();
+        let running = self.units.iter().filter(|u| u.state == State::Running).count();
         let done = self.units.iter().filter(|u| u.state == State::Done).count();
         let down = self.units.len() - running - done + self.broken.len();
         log::info!("system ready: {running} running, {done} done, {down} not started");
@@ -345,8 +362,13 @@ impl Supervisor {
         if sig == Signal::SIGCHLD {
             return self.reap();
         }
+        if sig == Signal::SIGHUP {
+            log::info!("SIGHUP from pid {from}: reloading the configuration");
+            let _ = self.reload();
+            return;
+        }
         match Action::for_signal(sig) {
-            Some(action) => self.begin_shutdown(action, sig),
+            Some(action) => self.begin_shutdown(action, sig.as_str()),
             None => log::info!("ignoring {} from pid {from}", sig.as_str()),
         }
     }
@@ -393,12 +415,8 @@ impl Supervisor {
 
     /// Reads whatever the pipes of unit `i` still hold and closes them.
     fn drain(&mut self, i: usize) {
-        let fds: Vec<RawFd> = self
-            .pipes
-            .iter()
-            .filter(|(_, (u, _, _))| *u == i)
-            .map(|(fd, _)| *fd)
-            .collect();
+        let fds: Vec<RawFd> =
+            self.pipes.iter().filter(|(_, (u, _, _))| *u == i).map(|(fd, _)| *fd).collect();
         for fd in fds {
             self.read_pipe(fd);
             if let Some((_, Pipe::Output, _)) = self.unregister(fd) {
@@ -516,6 +534,9 @@ impl Supervisor {
         if matches!(unit.state, State::Stopping { .. }) || self.shutdown.is_some() {
             log::info!("service {name}: stopped ({how})");
             unit.set(State::Stopped);
+            if self.shutdown.is_none() {
+                self.after_stop(i);
+            }
             return;
         }
         let next = unit.after_exit(exit, now);
@@ -548,25 +569,20 @@ impl Supervisor {
                 log::error!(
                     "service {name}: failed: {failures} failures within {window}, giving up"
                 );
-                unit.set(State::Failed(format!(
-                    "{failures} failures within {window}"
-                )));
+                unit.set(State::Failed(format!("{failures} failures within {window}")));
             }
         }
     }
 
     // ---- shutdown -------------------------------------------------------------------------
 
-    fn begin_shutdown(&mut self, action: Action, sig: Signal) {
+    fn begin_shutdown(&mut self, action: Action, cause: &str) {
         if self.shutdown.is_some() {
-            log::info!("{} received: shutdown already under way", sig.as_str());
+            log::info!("{cause}: shutdown already under way");
             return;
         }
-        log::info!("shutdown: {} requested ({})", action.name(), sig.as_str());
-        self.shutdown = Some(Shutdown {
-            action,
-            phase: Phase::Services,
-        });
+        log::info!("shutdown: {} requested ({cause})", action.name());
+        self.shutdown = Some(Shutdown { action, phase: Phase::Services });
     }
 
     fn advance_shutdown(&mut self, now: Instant) -> Option<Action> {
@@ -588,10 +604,7 @@ impl Supervisor {
                 self.no_children = false;
                 self.reap();
                 let deadline = now + self.shutdown_grace;
-                self.set_phase(Phase::Remaining {
-                    deadline,
-                    killed: false,
-                });
+                self.set_phase(Phase::Remaining { deadline, killed: false });
                 // The sweep may have found nobody left: decide now rather than after a wait.
                 self.advance_shutdown(now)
             }
@@ -611,10 +624,7 @@ impl Supervisor {
                     duration::display(self.shutdown_grace)
                 );
                 shutdown::signal_all(Signal::SIGKILL);
-                self.set_phase(Phase::Remaining {
-                    deadline: now + KILL_WAIT,
-                    killed: true,
-                });
+                self.set_phase(Phase::Remaining { deadline: now + KILL_WAIT, killed: true });
                 None
             }
         }
@@ -633,59 +643,52 @@ impl Supervisor {
             match self.units[i].state {
                 State::Waiting | State::Backoff { .. } => self.units[i].set(State::Stopped),
                 State::Starting | State::Running if !self.has_active_dependents(i) => {
+                    log::info!("shutdown: stopping {}", self.units[i].name());
                     self.stop(i, now);
-                }
-                State::Stopping {
-                    deadline,
-                    killed: false,
-                } if deadline <= now => {
-                    let unit = &mut self.units[i];
-                    log::warn!(
-                        "service {}: did not stop within {}, sending SIGKILL",
-                        unit.name(),
-                        duration::display(unit.svc.stop_timeout)
-                    );
-                    if let Some(pid) = unit.pid {
-                        signal_group(pid, Signal::SIGKILL);
-                    }
-                    unit.set(State::Stopping {
-                        deadline: now + KILL_WAIT,
-                        killed: true,
-                    });
                 }
                 _ => {}
             }
         }
     }
 
+    /// Sends SIGKILL to services that outlived their stop timeout, at shutdown or not.
+    fn enforce_stop_timeouts(&mut self, now: Instant) {
+        for unit in &mut self.units {
+            let State::Stopping { deadline, killed: false } = unit.state else { continue };
+            if deadline > now {
+                continue;
+            }
+            log::warn!(
+                "service {}: did not stop within {}, sending SIGKILL",
+                unit.name(),
+                duration::display(unit.svc.stop_timeout)
+            );
+            if let Some(pid) = unit.pid {
+                signal_group(pid, Signal::SIGKILL);
+            }
+            unit.set(State::Stopping { deadline: now + KILL_WAIT, killed: true });
+        }
+    }
+
     fn has_active_dependents(&self, i: usize) -> bool {
         let name = self.units[i].name();
-        self.units
-            .iter()
-            .any(|u| u.state.is_active() && u.svc.dependencies().any(|d| d == name))
+        self.units.iter().any(|u| u.state.is_active() && u.svc.dependencies().any(|d| d == name))
     }
 
     fn stop(&mut self, i: usize, now: Instant) {
         let unit = &mut self.units[i];
-        log::info!("shutdown: stopping {}", unit.name());
         let Some(pid) = unit.pid else { return };
         signal_group(pid, unit.svc.stop_signal);
         // A stopped (SIGSTOP) process would never see the stop signal.
         signal_group(pid, Signal::SIGCONT);
         let deadline = now + unit.svc.stop_timeout;
-        unit.set(State::Stopping {
-            deadline,
-            killed: false,
-        });
+        unit.set(State::Stopping { deadline, killed: false });
     }
 
     /// The number of services per kind, for tests and status.
     #[cfg(test)]
     fn states(&self) -> Vec<(String, State)> {
-        self.units
-            .iter()
-            .map(|u| (u.name().to_string(), u.state.clone()))
-            .collect()
+        self.units.iter().map(|u| (u.name().to_string(), u.state.clone())).collect()
     }
 }
 
@@ -724,18 +727,9 @@ mod tests {
     use crate::config::service::parse;
 
     fn sup(files: &[(&str, &str)]) -> Supervisor {
-        let services = files
-            .iter()
-            .map(|(n, t)| parse(n, format!("{n}.toml").into(), t).unwrap().0)
-            .collect();
-        Supervisor::new(
-            Tree {
-                services,
-                ..Tree::default()
-            },
-            false,
-        )
-        .unwrap()
+        let services =
+            files.iter().map(|(n, t)| parse(n, format!("{n}.toml").into(), t).unwrap().0).collect();
+        Supervisor::new(Tree { services, ..Tree::default() }, false, PathBuf::new(), None).unwrap()
     }
 
     #[test]

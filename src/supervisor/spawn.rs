@@ -67,11 +67,7 @@ pub enum SpawnError {
     /// An argument or variable that cannot be passed to execve.
     Argument(String),
     /// A system call in the parent failed: the operation, its object and the errno.
-    Sys {
-        op: &'static str,
-        path: String,
-        errno: Errno,
-    },
+    Sys { op: &'static str, path: String, errno: Errno },
 }
 
 impl std::fmt::Display for SpawnError {
@@ -111,15 +107,8 @@ pub fn spawn(svc: &Service) -> Result<Child, SpawnError> {
     let prepared = prepare(svc)?;
     let (out_read, out_write) = pipe()?;
     let (status_read, status_write) = pipe()?;
-    let stdin_path = if svc.console {
-        "/dev/console"
-    } else {
-        "/dev/null"
-    };
-    let stdin = open_fd(
-        stdin_path,
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-    )?;
+    let stdin_path = if svc.console { "/dev/console" } else { "/dev/null" };
+    let stdin = open_fd(stdin_path, OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
     let (stdout, output) = if svc.console {
         (stdin.as_raw_fd(), None)
     } else {
@@ -131,23 +120,13 @@ pub fn spawn(svc: &Service) -> Result<Child, SpawnError> {
     // thread; the child only calls async-signal-safe functions on data prepared above and
     // leaves through execve or _exit.
     match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => child(
-            &prepared,
-            stdin.as_raw_fd(),
-            stdout,
-            svc.console,
-            status_write.as_raw_fd(),
-        ),
-        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Child {
-            pid: child,
-            output,
-            status: status_read,
-        }),
-        Err(errno) => Err(SpawnError::Sys {
-            op: "fork",
-            path: svc.exec[0].clone(),
-            errno,
-        }),
+        Ok(nix::unistd::ForkResult::Child) => {
+            child(&prepared, stdin.as_raw_fd(), stdout, svc.console, status_write.as_raw_fd())
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            Ok(Child { pid: child, output, status: status_read })
+        }
+        Err(errno) => Err(SpawnError::Sys { op: "fork", path: svc.exec[0].clone(), errno }),
     }
 }
 
@@ -155,26 +134,17 @@ fn prepare(svc: &Service) -> Result<Prepared, SpawnError> {
     let cstring = |s: &str| {
         CString::new(s).map_err(|_| SpawnError::Argument(format!("{s:?} contains a NUL byte")))
     };
-    let argv = svc
-        .exec
-        .iter()
-        .map(|a| cstring(a))
-        .collect::<Result<Vec<_>, _>>()?;
+    let argv = svc.exec.iter().map(|a| cstring(a)).collect::<Result<Vec<_>, _>>()?;
     let mut env = svc.env.clone();
-    env.entry("PATH".into())
-        .or_insert_with(|| DEFAULT_PATH.into());
+    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
     let creds = credentials(svc)?;
     if let Some((uid, _, _)) = &creds {
         if let Ok(Some(user)) = User::from_uid(*uid) {
-            env.entry("HOME".into())
-                .or_insert_with(|| user.dir.to_string_lossy().into_owned());
+            env.entry("HOME".into()).or_insert_with(|| user.dir.to_string_lossy().into_owned());
             env.entry("USER".into()).or_insert(user.name);
         }
     }
-    let envp = env
-        .iter()
-        .map(|(k, v)| cstring(&format!("{k}={v}")))
-        .collect::<Result<_, _>>()?;
+    let envp = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
     Ok(Prepared {
         path: argv[0].clone(),
         argv,
@@ -192,21 +162,16 @@ fn credentials(svc: &Service) -> Result<Option<(Uid, Gid, Vec<Gid>)>, SpawnError
     }
     let user = match &svc.user {
         None => None,
-        Some(Ident::Id(id)) => Some((
-            Uid::from_raw(*id),
-            User::from_uid(Uid::from_raw(*id)).ok().flatten(),
-        )),
+        Some(Ident::Id(id)) => {
+            Some((Uid::from_raw(*id), User::from_uid(Uid::from_raw(*id)).ok().flatten()))
+        }
         Some(Ident::Name(name)) => match User::from_name(name) {
             Ok(Some(u)) => Some((u.uid, Some(u))),
             Ok(None) => {
-                return Err(SpawnError::Credentials(format!(
-                    "user {name:?} does not exist"
-                )))
+                return Err(SpawnError::Credentials(format!("user {name:?} does not exist")))
             }
             Err(e) => {
-                return Err(SpawnError::Credentials(format!(
-                    "looking up user {name:?}: {e}"
-                )))
+                return Err(SpawnError::Credentials(format!("looking up user {name:?}: {e}")))
             }
         },
     };
@@ -215,14 +180,10 @@ fn credentials(svc: &Service) -> Result<Option<(Uid, Gid, Vec<Gid>)>, SpawnError
         Some(Ident::Name(name)) => match Group::from_name(name) {
             Ok(Some(g)) => g.gid,
             Ok(None) => {
-                return Err(SpawnError::Credentials(format!(
-                    "group {name:?} does not exist"
-                )))
+                return Err(SpawnError::Credentials(format!("group {name:?} does not exist")))
             }
             Err(e) => {
-                return Err(SpawnError::Credentials(format!(
-                    "looking up group {name:?}: {e}"
-                )))
+                return Err(SpawnError::Credentials(format!("looking up group {name:?}: {e}")))
             }
         },
         None => match &user {
@@ -261,11 +222,7 @@ fn open_fd(path: &str, flags: OFlag) -> Result<OwnedFd, SpawnError> {
 
 pub fn set_nonblocking(fd: &OwnedFd) -> Result<(), SpawnError> {
     use nix::fcntl::{fcntl, FcntlArg};
-    let sys = |errno| SpawnError::Sys {
-        op: "fcntl O_NONBLOCK",
-        path: String::new(),
-        errno,
-    };
+    let sys = |errno| SpawnError::Sys { op: "fcntl O_NONBLOCK", path: String::new(), errno };
     let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(sys)?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).map_err(sys)?;
@@ -333,14 +290,8 @@ fn reset_signals() {
 /// pipe is already close-on-exec and stays open until the exec itself.
 fn close_inherited_descriptors() {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     if rc == 0 {
         return;
     }
@@ -393,9 +344,7 @@ pub fn explain_exec_error(path: &str, errno: Errno) -> String {
 fn shebang(path: &Path) -> Option<String> {
     use std::io::Read;
     let mut head = [0u8; 256];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .ok()?;
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
     let line = head[..n].strip_prefix(b"#!")?;
     let line = line.split(|&b| b == b'\n').next()?;
     let text = String::from_utf8_lossy(line);
@@ -411,10 +360,7 @@ mod tests {
         let mut msg = [0u8; 8];
         msg[..4].copy_from_slice(&(Step::SetUid as u32).to_ne_bytes());
         msg[4..].copy_from_slice(&(Errno::EPERM as i32).to_ne_bytes());
-        assert_eq!(
-            decode_status(&msg),
-            Some((Some(Step::SetUid), Errno::EPERM))
-        );
+        assert_eq!(decode_status(&msg), Some((Some(Step::SetUid), Errno::EPERM)));
         assert_eq!(decode_status(&[]), None);
     }
 
@@ -429,9 +375,6 @@ mod tests {
 
     #[test]
     fn missing_program_is_plain_enoent() {
-        assert_eq!(
-            explain_exec_error("/nonexistent/prog", Errno::ENOENT),
-            Errno::ENOENT.desc()
-        );
+        assert_eq!(explain_exec_error("/nonexistent/prog", Errno::ENOENT), Errno::ENOENT.desc());
     }
 }

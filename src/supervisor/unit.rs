@@ -39,10 +39,7 @@ pub enum State {
 impl State {
     /// Whether a process of this service may be alive.
     pub fn is_active(&self) -> bool {
-        matches!(
-            self,
-            State::Starting | State::Running | State::Stopping { .. }
-        )
+        matches!(self, State::Starting | State::Running | State::Stopping { .. })
     }
 }
 
@@ -87,6 +84,12 @@ pub struct Unit {
     pub restarts: u32,
     pub lines: LineBuffer,
     pub dropped_lines: u64,
+    /// Start again once the current stop completes (restart, or start during a stop).
+    pub restart_requested: bool,
+    /// A new definition from a reload, applied once the running instance stopped.
+    pub replacement: Option<Service>,
+    /// Gone from the configuration: dropped once stopped.
+    pub removed: bool,
 }
 
 impl Unit {
@@ -105,6 +108,9 @@ impl Unit {
             restarts: 0,
             lines: LineBuffer::default(),
             dropped_lines: 0,
+            restart_requested: false,
+            replacement: None,
+            removed: false,
         }
     }
 
@@ -144,9 +150,7 @@ impl Unit {
 
     /// Decides what follows the end of a run at `now`, and updates the backoff state.
     pub fn after_exit(&mut self, exit: Exit, now: Instant) -> Next {
-        let ran = self
-            .started_at
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let ran = self.started_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         if self.svc.kind == Kind::Oneshot && exit.success() {
             return Next::Done;
         }
@@ -178,10 +182,13 @@ impl Unit {
         }
         let delay = self.next_delay;
         self.next_delay = (self.next_delay * 2).min(backoff.max);
-        Next::Restart {
-            delay,
-            failure: failures,
-        }
+        Next::Restart { delay, failure: failures }
+    }
+
+    /// Forgets past failures: an operator's start or a new definition gets a fresh budget.
+    pub fn reset_backoff(&mut self) {
+        self.failures.clear();
+        self.next_delay = self.svc.backoff.first;
     }
 
     /// One-line description of how the last run ended.
@@ -260,10 +267,7 @@ mod tests {
         for _ in 0..10 {
             u.started_at = Some(at);
             at += Duration::from_secs(2);
-            assert!(matches!(
-                u.after_exit(Exit::Code(1), at),
-                Next::Restart { failure: 1, .. }
-            ));
+            assert!(matches!(u.after_exit(Exit::Code(1), at), Next::Restart { failure: 1, .. }));
         }
     }
 
@@ -272,14 +276,8 @@ mod tests {
         let mut u = unit("restart_limit = 2\nrestart_window = \"10s\"\n");
         let t = Instant::now();
         assert!(matches!(crash(&mut u, t), Next::Restart { .. }));
-        assert!(matches!(
-            crash(&mut u, t + Duration::from_secs(11)),
-            Next::Restart { .. }
-        ));
-        assert!(matches!(
-            crash(&mut u, t + Duration::from_secs(12)),
-            Next::GiveUp { .. }
-        ));
+        assert!(matches!(crash(&mut u, t + Duration::from_secs(11)), Next::Restart { .. }));
+        assert!(matches!(crash(&mut u, t + Duration::from_secs(12)), Next::GiveUp { .. }));
     }
 
     #[test]
@@ -287,10 +285,7 @@ mod tests {
         let mut u = unit("restart = \"on-failure\"\n");
         assert_eq!(u.after_exit(Exit::Code(0), Instant::now()), Next::StayDown);
         let mut u = unit("restart = \"always\"\n");
-        assert!(matches!(
-            u.after_exit(Exit::Code(0), Instant::now()),
-            Next::Restart { .. }
-        ));
+        assert!(matches!(u.after_exit(Exit::Code(0), Instant::now()), Next::Restart { .. }));
     }
 
     #[test]
@@ -311,9 +306,7 @@ mod tests {
     fn settled_is_sticky() {
         let mut u = unit("");
         u.set(State::Running);
-        u.set(State::Backoff {
-            until: Instant::now(),
-        });
+        u.set(State::Backoff { until: Instant::now() });
         assert!(u.settled);
     }
 }
