@@ -240,8 +240,20 @@ impl Supervisor {
                         }
                         Deps::Pending => {}
                     },
+                    // A restart looks at the dependencies again: one may have failed for
+                    // good, or be restarting itself, since this service first started.
                     State::Backoff { until } if until <= now => {
-                        self.start(i, now);
+                        match self.dependency_state(i) {
+                            Deps::Met => self.start(i, now),
+                            Deps::Blocked(reason) => {
+                                log::error!(
+                                    "service {}: not restarted: {reason}",
+                                    self.units[i].name()
+                                );
+                                self.units[i].set(State::Blocked(reason));
+                            }
+                            Deps::Pending => self.units[i].set(State::Waiting),
+                        }
                         changed = true;
                     }
                     _ => {}
