@@ -66,7 +66,7 @@ pub fn is_command(cmd: &str) -> bool {
             | "reboot"
             | "poweroff"
             | "halt"
-    )
+    ) || (cfg!(feature = "fault-injection") && cmd == "fault")
 }
 
 #[derive(Debug)]
@@ -119,6 +119,8 @@ fn parse(cmd: &str, args: &[String]) -> Result<Parsed, String> {
         "reboot" => none(&names).map(|()| Request::Reboot {})?,
         "poweroff" => none(&names).map(|()| Request::Poweroff {})?,
         "halt" => none(&names).map(|()| Request::Halt {})?,
+        #[cfg(feature = "fault-injection")]
+        "fault" if names.len() == 1 => Request::Fault { kind: names.remove(0) },
         other => return Err(format!("unknown command {other:?}")),
     };
     Ok(Parsed { request, json, socket })
@@ -173,11 +175,14 @@ fn exchange(mut stream: UnixStream, parsed: &Parsed) -> io::Result<i32> {
 /// Prints one response; returns the exit code it implies.
 fn show(response: &Response, json: bool) -> i32 {
     match response {
-        Response::Status { services } if json => {
+        Response::Status { services, .. } if json => {
             println!("{}", serde_json::to_string_pretty(services).unwrap_or_default());
             EXIT_OK
         }
-        Response::Status { services } => {
+        Response::Status { services, notes } => {
+            for note in notes {
+                println!("! {note}");
+            }
             print!("{}", status_table(services));
             EXIT_OK
         }

@@ -7,12 +7,13 @@
 //! without a timeout: an idle appliance costs PID 1 no wakeups.
 
 mod commands;
+mod health;
 pub mod spawn;
 pub mod unit;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -105,17 +106,34 @@ pub struct Supervisor {
     control: Option<Server>,
     /// Clients waiting for a start, stop or restart to finish.
     waiters: Vec<commands::Waiter>,
+    /// Conditions shown on top of `brig status` (degraded storage, fallback config).
+    notes: Vec<String>,
+    watchdog: Option<crate::watchdog::Watchdog>,
+    /// Is the boot good yet, and what to do about critical services.
+    health: health::Health,
+}
+
+/// How the supervisor is set up besides the configuration.
+#[derive(Default)]
+pub struct Setup {
+    /// PID 1 of the system or of a PID namespace: may signal every process at shutdown.
+    pub owns_system: bool,
+    /// The real system init: keeps the last-known-good config and the boot counter.
+    pub persistent_state: bool,
+    /// Where the configuration came from, for reload.
+    pub config_dir: PathBuf,
+    /// Where to serve the control protocol (None: no socket, as in unit tests).
+    pub socket: Option<PathBuf>,
+    pub notes: Vec<String>,
+    pub watchdog: Option<crate::watchdog::Watchdog>,
+    /// Start a shell on the console at once (`brig.rescue`): its argv.
+    pub rescue: Option<Vec<String>>,
 }
 
 impl Supervisor {
     /// Sets up the event loop. The caller has blocked [`handled_signals`] already.
     /// `socket`: where to serve the control protocol (None: no socket, as in unit tests).
-    pub fn new(
-        tree: Tree,
-        owns_system: bool,
-        config_dir: PathBuf,
-        socket: Option<&Path>,
-    ) -> Result<Self, SetupError> {
+    pub fn new(tree: Tree, setup: Setup) -> Result<Self, SetupError> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|errno| SetupError { op: "epoll_create1", errno })?;
         let signals = SignalFd::with_flags(
@@ -126,7 +144,7 @@ impl Supervisor {
         epoll
             .add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN))
             .map_err(|errno| SetupError { op: "epoll_ctl signalfd", errno })?;
-        let control = socket.and_then(|path| match Server::bind(path) {
+        let control = setup.socket.as_deref().and_then(|path| match Server::bind(path) {
             Ok(server) => match server.register(&epoll) {
                 Ok(()) => Some(server),
                 Err(e) => {
@@ -141,7 +159,7 @@ impl Supervisor {
             }
         });
         crate::log::with_rings(|r| r.set_capacity(tree.system.log_buffer));
-        Ok(Supervisor {
+        let mut sup = Supervisor {
             units: tree.services.into_iter().map(Unit::new).collect(),
             broken: tree.broken,
             shutdown_grace: tree.system.shutdown_grace,
@@ -151,11 +169,18 @@ impl Supervisor {
             ready_announced: false,
             shutdown: None,
             no_children: false,
-            owns_system,
-            config_dir,
+            owns_system: setup.owns_system,
+            config_dir: setup.config_dir,
             control,
             waiters: Vec::new(),
-        })
+            notes: setup.notes,
+            watchdog: setup.watchdog,
+            health: health::Health::new(tree.system.boot, setup.persistent_state),
+        };
+        if let Some(shell) = setup.rescue {
+            sup.add_rescue_shell(shell, "brig.rescue on the kernel command line");
+        }
+        Ok(sup)
     }
 
     /// Runs until the shutdown ends in reboot(2). Returns only if that fails.
@@ -165,6 +190,9 @@ impl Supervisor {
             let now = Instant::now();
             if let Some(action) = self.advance(now) {
                 return action;
+            }
+            if let Some(dog) = &mut self.watchdog {
+                dog.kick_if_due(now);
             }
             let timeout = self.next_deadline().map(|d| d.saturating_duration_since(now));
             let n = match self.epoll.wait(&mut events, epoll_timeout(timeout)) {
@@ -200,6 +228,7 @@ impl Supervisor {
         self.purge_removed();
         self.announce_ready();
         self.finish_waiters(now);
+        self.check_health(now);
         None
     }
 
@@ -216,7 +245,9 @@ impl Supervisor {
         };
         let clients = self.control.as_ref().and_then(Server::next_deadline);
         let waiters = self.waiters.iter().map(|w| w.deadline);
-        units.chain(phase).chain(clients).chain(waiters).min()
+        let watchdog = self.watchdog.as_ref().map(crate::watchdog::Watchdog::deadline);
+        let health = self.health.deadline();
+        units.chain(phase).chain(clients).chain(waiters).chain(watchdog).chain(health).min()
     }
 
     // ---- starting -------------------------------------------------------------------------
@@ -349,6 +380,7 @@ impl Supervisor {
         let done = self.units.iter().filter(|u| u.state == State::Done).count();
         let down = self.units.len() - running - done + self.broken.len();
         log::info!("system ready: {running} running, {done} done, {down} not started");
+        self.rescue_if_nothing_runs();
     }
 
     // ---- events ---------------------------------------------------------------------------
@@ -584,6 +616,9 @@ impl Supervisor {
                 unit.set(State::Failed(format!("{failures} failures within {window}")));
             }
         }
+        if matches!(self.units[i].state, State::Failed(_)) && self.units[i].svc.critical {
+            self.critical_failed(i);
+        }
     }
 
     // ---- shutdown -------------------------------------------------------------------------
@@ -741,7 +776,7 @@ mod tests {
     fn sup(files: &[(&str, &str)]) -> Supervisor {
         let services =
             files.iter().map(|(n, t)| parse(n, format!("{n}.toml").into(), t).unwrap().0).collect();
-        Supervisor::new(Tree { services, ..Tree::default() }, false, PathBuf::new(), None).unwrap()
+        Supervisor::new(Tree { services, ..Tree::default() }, Setup::default()).unwrap()
     }
 
     #[test]
