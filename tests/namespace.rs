@@ -202,3 +202,46 @@ fn shutdown_does_not_wait_out_the_grace_period_when_nothing_is_left() {
     assert!(!run.has("processes left after"), "{}", run.log);
     assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
 }
+
+/// Counts processes whose command line is exactly `args` (NUL-separated in /proc).
+const COUNT_CMDLINE: &str = "count() { n=0; for f in /proc/[0-9]*/cmdline; do \
+     [ \"$(tr '\\0' ' ' < $f 2>/dev/null)\" = \"$1 \" ] && n=$((n+1)); done; echo $n; }";
+
+#[test]
+fn killing_the_main_process_takes_its_children_along() {
+    // Regression: the old instance's child kept running beside the restarted one.
+    let tree = "exec = [\"/bin/sh\", \"-c\", \"sleep 1000 & exec sleep 1001\"]\n\
+                restart_delay = \"100ms\"\n";
+    let script = format!(
+        "{COUNT_CMDLINE}; for f in /proc/[0-9]*/cmdline; do \
+         [ \"$(tr '\\0' ' ' < $f)\" = \"sleep 1001 \" ] && p=${{f#/proc/}} && kill -9 ${{p%/cmdline}}; \
+         done; sleep 1; echo children=$(count 'sleep 1000') mains=$(count 'sleep 1001'); kill -USR2 1"
+    );
+    let run = boot(
+        "group-kill",
+        "",
+        &[("tree", tree), ("probe", &probe("0.5", &script))],
+        Duration::from_secs(20),
+    );
+    run.assert_has("service tree: killed by signal SIGKILL");
+    run.assert_has("]: children=1 mains=1");
+}
+
+#[test]
+fn system_ready_waits_for_running_oneshots() {
+    // Regression: a oneshot counted as settled as soon as its exec succeeded.
+    let slow = "exec = [\"/bin/sleep\", \"0.5\"]\ntype = \"oneshot\"\n";
+    let run = boot(
+        "ready-oneshot",
+        "",
+        &[
+            ("slow", slow),
+            ("web", "exec = [\"/bin/sleep\", \"1000\"]\n"),
+            ("probe", &probe("1", "kill -USR2 1")),
+        ],
+        Duration::from_secs(20),
+    );
+    run.assert_has("system ready: 2 running, 1 done, 0 not started");
+    let ready = run.log.find("system ready").unwrap();
+    assert!(run.log.find("service slow: done").unwrap() < ready, "{}", run.log);
+}

@@ -455,6 +455,13 @@ impl Supervisor {
         };
         unit.last_exit = Some(exit);
         self.after_run(i, exit, now);
+        // What the main process of a daemon left behind in its process group goes with it, so
+        // a restarted instance never runs beside leftovers of the old one. A oneshot's
+        // children, and those of a daemon that exited cleanly for good, were left on purpose.
+        let unit = &self.units[i];
+        if unit.svc.kind == config::Kind::Simple && unit.state != State::Exited {
+            signal_group(pid, Signal::SIGKILL);
+        }
     }
 
     /// Reads whatever the pipes of unit `i` still hold and closes them.
@@ -629,6 +636,9 @@ impl Supervisor {
             return;
         }
         log::info!("shutdown: {} requested ({cause})", action.name());
+        // syslogd is about to be stopped with the rest: from here on, straight to the kernel
+        // log, so the last lines are not left unread in its socket.
+        crate::log::bypass_syslog();
         self.shutdown = Some(Shutdown { action, phase: Phase::Services });
     }
 

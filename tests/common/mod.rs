@@ -172,7 +172,7 @@ pub fn boot(test: &str, system: &str, services: &[(&str, &str)], limit: Duration
 /// A service that waits until the others had time to act, then runs `script`.
 pub fn probe(delay: &str, script: &str) -> String {
     format!(
-        "exec = [\"/bin/sh\", \"-c\", \"sleep {delay}; {}\"]\ntype = \"oneshot\"\n",
+        "exec = [\"/bin/sh\", \"-c\", \"sleep {delay}; {}\"]\nrestart = \"never\"\n",
         script.replace('\\', "\\\\").replace('"', "\\\"")
     )
 }
