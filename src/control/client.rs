@@ -33,6 +33,10 @@ pub const EXIT_UNREACHABLE: i32 = 3;
 pub fn main(cmd: &str, args: &[String]) -> i32 {
     let parsed = match parse(cmd, args) {
         Ok(p) => p,
+        Err(e) if e == "help" => {
+            println!("{USAGE}");
+            return EXIT_OK;
+        }
         Err(e) => {
             eprintln!("brig {cmd}: {e}\n\n{USAGE}");
             return EXIT_USAGE;
