@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build a static, stripped brig for a router target and print its size.
-#   scripts/cross-build.sh TARGET
+#   scripts/cross-build.sh TARGET [--build-std]
 # TARGET is one of:
-#   x86_64-unknown-linux-musl aarch64-unknown-linux-musl    stable, rustup's own std
-#   armv7-unknown-linux-musleabihf mipsel-unknown-linux-musl nightly, -Z build-std
+#   x86_64-unknown-linux-musl aarch64-unknown-linux-musl    stable, rustup's own std;
+#                                  --build-std: nightly, std rebuilt, immediate-abort panics
+#   armv7-unknown-linux-musleabihf mipsel-unknown-linux-musl always nightly and -Z build-std
 #
 # rustup has no prebuilt std for the two 32-bit targets here, so they are built with nightly's
 # build-std against Debian's musl (musl-dev:armhf / musl-dev:mipsel, fetched with apt-get download
@@ -17,17 +18,39 @@ CACHE=${BRIG_CROSS_CACHE:-/var/cache/brig-cross}
 export DEBIAN_FRONTEND=noninteractive
 
 usage() {
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-(($# == 1)) || usage
+(($# == 1 || $# == 2)) || usage
 target=$1
+build_std=false
+if (($# == 2)); then
+    [[ $2 == --build-std ]] || usage
+    build_std=true
+fi
+nightly=${BRIG_NIGHTLY:-nightly}
+
+# Both flags make every panic a trap instruction: no message, no unwinding tables, no formatting
+# machinery (about 265 KiB of the aarch64 binary). brig's code denies unwrap/expect/panic, and a
+# PID 1 that panics ends in a kernel panic either way; what is lost is the message on the console.
+immediate_abort=(-Z unstable-options -C panic=immediate-abort)
+build_std_args=(-Z "build-std=std,panic_abort")
 
 case $target in
     x86_64-unknown-linux-musl | aarch64-unknown-linux-musl)
-        rustup target add "$target"
-        cargo build --release --target "$target"
+        if $build_std; then
+            # rustup's musl target supplies the self-contained crt objects and libc.a.
+            rustup toolchain install "$nightly" --profile minimal
+            rustup component add rust-src --toolchain "$nightly"
+            rustup target add "$target" --toolchain "$nightly"
+            env_name=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$target")_RUSTFLAGS
+            env "$env_name=${immediate_abort[*]}" cargo "+$nightly" build --release \
+                --target "$target" "${build_std_args[@]}"
+        else
+            rustup target add "$target"
+            cargo build --release --target "$target"
+        fi
         ;;
     armv7-unknown-linux-musleabihf)
         deb_arch=armhf
@@ -45,7 +68,7 @@ case $target in
         # the object files must agree or rust-lld refuses to link them.
         # Static-PIE (the target's default) dies with SIGSEGV in musl's early self-relocation on
         # MIPS; a position-dependent static binary starts fine.
-        extra_flags=(-C target-feature=-soft-float,+fpxx -C relocation-model=static)
+        extra_flags=(-C "target-feature=-soft-float,+fpxx" -C relocation-model=static)
         ;;
     *)
         echo "unknown target: $target" >&2
@@ -97,8 +120,8 @@ stub_archives() {
 }
 
 if [[ -n ${deb_arch:-} ]]; then
-    rustup toolchain install nightly --profile minimal
-    rustup component add rust-src --toolchain nightly
+    rustup toolchain install "$nightly" --profile minimal
+    rustup component add rust-src --toolchain "$nightly"
     libdir=$(musl_sysroot)
     stubdir=$(stub_archives)
 
@@ -109,16 +132,21 @@ if [[ -n ${deb_arch:-} ]]; then
         -L "native=$libdir" -L "native=$stubdir"
         -Z "pre-link-arg=$libdir/crt1.o" -Z "pre-link-arg=$libdir/crti.o"
         -C "link-arg=$libdir/crtn.o"
-        -Z unstable-options -C panic=immediate-abort
+        "${immediate_abort[@]}"
         "${extra_flags[@]}"
     )
     env_name=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$target")_RUSTFLAGS
-    env "$env_name=${flags[*]}" cargo +nightly build --release --target "$target" \
-        -Z build-std=std,panic_abort
+    env "$env_name=${flags[*]}" cargo "+$nightly" build --release --target "$target" \
+        "${build_std_args[@]}"
+    build_std=true
 fi
 
 bin=target/$target/release/brig
 file "$bin"
 size=$(stat -c %s "$bin")
-printf '%s: %d bytes (%d KiB), profile release (opt-level=z, lto, codegen-units=1, stripped)\n' \
-    "$target" "$size" $(((size + 1023) / 1024))
+how="stable, rustup's std, panic=abort"
+if $build_std; then
+    how="$(rustc "+$nightly" --version | cut -d' ' -f2-), build-std, panic=immediate-abort"
+fi
+printf '%s: %d bytes (%d KiB); profile release (opt-level=z, lto, codegen-units=1, strip), %s\n' \
+    "$target" "$size" $(((size + 1023) / 1024)) "$how"
