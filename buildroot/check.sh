@@ -50,8 +50,10 @@ for candidate in python3 /usr/bin/python3; do
         break
     fi
 done
-[[ -n $python ]] || fail "no python3 with the magic and flake8 modules (apt-get install python3-magic flake8)"
-command -v shellcheck >/dev/null || fail "shellcheck missing: check-package runs it on post-build.sh"
+[[ -n $python ]] ||
+    fail "no python3 with the magic and flake8 modules (apt-get install python3-magic flake8)"
+command -v shellcheck >/dev/null ||
+    fail "shellcheck missing: check-package runs it on post-build.sh"
 
 echo "== 1. check-package"
 cd "$ext"
@@ -66,16 +68,19 @@ echo "== 2. defconfigs"
 for defconfig in "$ext"/configs/*_defconfig; do
     name=$(basename "$defconfig")
     out_dir=$work/$name
-    make -s --no-print-directory -C "$br" O="$out_dir" BR2_EXTERNAL="$ext" "$name" >"$work/log" 2>&1 ||
-        fail "$name did not load:$(printf '\n')$(cat "$work/log")"
+    make -s --no-print-directory -C "$br" O="$out_dir" BR2_EXTERNAL="$ext" "$name" \
+        >"$work/log" 2>&1 ||
+        fail "$name did not load: $(cat "$work/log")"
     while IFS= read -r line; do
-        grep -qxF -- "$line" "$out_dir/.config" || fail "$name: '$line' is not in .config (unmet dependency?)"
+        grep -qxF -- "$line" "$out_dir/.config" ||
+            fail "$name: '$line' is not in .config (unmet dependency?)"
     done <"$defconfig"
-    for key in BR2_ROOTFS_OVERLAY BR2_ROOTFS_POST_BUILD_SCRIPT BR2_PACKAGE_BUSYBOX_CONFIG_FRAGMENT_FILES; do
+    for key in BR2_ROOTFS_OVERLAY BR2_ROOTFS_POST_BUILD_SCRIPT \
+        BR2_PACKAGE_BUSYBOX_CONFIG_FRAGMENT_FILES; do
         value=$(sed -n "s/^$key=\"\\(.*\\)\"$/\\1/p" "$out_dir/.config")
         path=${value//\$(BR2_EXTERNAL_BRIG_PATH)/$ext}
         [[ -e $path ]] || {
-            # The overlay is the appliance; before config/ is in this tree, BRIG_APPLIANCE stands in.
+            # The overlay is the appliance; BRIG_APPLIANCE stands in while config/ is elsewhere.
             [[ $key == BR2_ROOTFS_OVERLAY && -n ${BRIG_APPLIANCE:-} ]] ||
                 fail "$name: $key=$value: $path does not exist"
         }
@@ -117,13 +122,15 @@ post_build() {
 
 stage "$work/root"
 post_build "$work/root" || fail "post-build rejected the example appliance: $(cat "$work/log")"
-[[ $(readlink "$work/root/sbin/init") == ../usr/bin/brig ]] || fail "/sbin/init is not linked to brig"
+[[ $(readlink "$work/root/sbin/init") == ../usr/bin/brig ]] ||
+    fail "/sbin/init is not linked to brig"
 echo "ok example appliance passes, /sbin/init -> ../usr/bin/brig"
 
 stage "$work/root"
 printf 'exec = ["/usr/sbin/httpd"]\nrestrat = "always"\n' >"$work/root/etc/brig/services/typo.toml"
 if post_build "$work/root"; then fail "post-build accepted a service file with an unknown key"; fi
-grep -q 'typo.toml:2:' "$work/log" || fail "no file:line error for the unknown key: $(cat "$work/log")"
+grep -q 'typo.toml:2:' "$work/log" ||
+    fail "no file:line error for the unknown key: $(cat "$work/log")"
 echo "ok unknown key fails the build: $(grep -m1 'typo.toml' "$work/log")"
 
 stage "$work/root"

@@ -121,8 +121,8 @@ def unpack_deb(deb):
 def kernel(arch):
     """(version, image path, unpacked tree with a modules.dep)."""
     try:
-        m = re.search(r"Depends: (linux-image-\d\S*)", run(["apt-cache", "depends",
-                                                             arch.kernel_meta]))
+        depends = run(["apt-cache", "depends", arch.kernel_meta])
+        m = re.search(r"Depends: (linux-image-\d\S*)", depends)
         package = m.group(1) if m else arch.kernel_pinned
     except RuntimeError:
         package = arch.kernel_pinned
@@ -307,7 +307,8 @@ def check(con, port, services, started):
     for name in services:
         if not re.search(rf"test-poweroff\[\d+\]: {re.escape(name)}\s+(running|done|backoff)",
                          table.group(0)):
-            raise Failed(f"brig status shows {name} neither running, done nor restarting:\n{table.group(0)}")
+            raise Failed(f"brig status shows {name} neither running, done nor restarting:\n"
+                         f"{table.group(0)}")
     mem = con.expect(r"memory: pid1 (\d+) kB rss, (\d+) kB available of (\d+) kB", 60)
     con.expect(brig(r"shutdown: poweroff requested \(SIGUSR2\)"), 30)
     asked = time.monotonic()
