@@ -51,6 +51,7 @@ pub fn run(mode: Mode) -> ! {
         // Logging first: messages wait in memory until /dev/kmsg exists.
         crate::log::init_system(log::LevelFilter::Info);
         fatal::install_hook();
+        fatal::install_crash_handler();
         bring_up_host();
         let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         opts = cmdline::parse(&text);
