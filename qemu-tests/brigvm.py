@@ -1,0 +1,415 @@
+"""Boot brig in QEMU: fetch Debian kernels and BusyBox, build an initramfs, drive the console.
+
+The guest is an initramfs only (no disk): brig as /init, a static BusyBox with its applet links,
+the kernel modules that system.toml asks for (with depmod's index), and a rootfs overlay: the
+example appliance in config/ and/or a scenario's own files. Everything from Debian is fetched with
+`apt-get download` into a cache outside the source tree ($BRIG_CACHE, default /var/cache/brig-qemu),
+so the boot tests need no network once the cache is warm.
+
+An image is two gzipped newc cpio archives laid end to end: a base per architecture (built once) and
+a small overlay per scenario. The kernel unpacks them in order and later files replace earlier ones,
+which keeps each scenario's setup to a few milliseconds.
+"""
+
+import dataclasses
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import tomllib
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("BRIG_CACHE", "/var/cache/brig-qemu")
+WORK = os.path.join(REPO, "target", "qemu")
+APPLIANCE = os.path.join(REPO, "config")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    name: str
+    triple: str
+    deb_arch: str
+    # The meta package tracks Debian's current kernel ABI; the pinned name is the fallback for
+    # when apt's lists cannot answer (no `apt-get update` yet, mirror down).
+    kernel_meta: str
+    kernel_pinned: str
+    console: str
+    qemu: tuple
+
+
+ARCHES = {
+    "x86_64": Arch(
+        "x86_64", "x86_64-unknown-linux-musl", "amd64",
+        "linux-image-cloud-amd64", "linux-image-6.1.0-57-cloud-amd64", "ttyS0",
+        ("qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-m", "256"),
+    ),
+    "aarch64": Arch(
+        "aarch64", "aarch64-unknown-linux-musl", "arm64",
+        "linux-image-arm64:arm64", "linux-image-6.1.0-57-arm64:arm64", "ttyAMA0",
+        ("qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-accel", "tcg", "-m", "256"),
+    ),
+}
+
+# Lines that mean the kernel lost PID 1 or crashed: every scenario fails on sight of them.
+# Terminal control sequences (SeaBIOS clears the screen): kept out of the logs we print.
+ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|[A-Za-z])")
+
+FATAL = re.compile(r"Kernel panic|Attempted to kill init|Unable to handle kernel|\bOops\b")
+
+
+class ScenarioFailed(Exception):
+    pass
+
+
+def run(cmd, **kw):
+    """Run a command, raising with its output when it fails (loud setup, never a silent skip)."""
+    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}{res.stderr}")
+    return res.stdout
+
+
+# --- Debian packages ------------------------------------------------------------------------------
+
+def kernel_package(arch):
+    """The versioned kernel package the meta package depends on, else the pinned one."""
+    try:
+        out = run(["apt-cache", "depends", arch.kernel_meta])
+    except RuntimeError:
+        return arch.kernel_pinned
+    m = re.search(r"Depends: (linux-image-\d\S*)", out)
+    return m.group(1) if m else arch.kernel_pinned
+
+
+def fetch_deb(package):
+    """Path of the cached .deb of `package` (name or name:arch), downloading it when absent."""
+    name, _, deb_arch = package.partition(":")
+    os.makedirs(CACHE, exist_ok=True)
+    pattern = os.path.join(CACHE, f"{name}_*_{deb_arch or '*'}.deb")
+    found = sorted(glob.glob(pattern))
+    if not found:
+        run(["apt-get", "download", package], cwd=CACHE)
+        found = sorted(glob.glob(pattern))
+    if not found:
+        raise RuntimeError(f"apt-get download {package} left no {pattern}")
+    return found[-1]
+
+
+def unpack_deb(deb):
+    """Unpack a .deb once into the cache; returns the directory."""
+    dest = os.path.join(CACHE, "unpacked", os.path.basename(deb)[: -len(".deb")])
+    if not os.path.exists(dest + ".done"):
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+        run(["dpkg-deb", "-x", deb, dest])
+        open(dest + ".done", "w").close()
+    return dest
+
+
+@dataclasses.dataclass
+class Kernel:
+    version: str
+    vmlinuz: str
+    tree: str  # unpacked package root, with lib/modules/<version>/ and a full modules.dep
+
+
+def fetch_kernel(arch):
+    tree = unpack_deb(fetch_deb(kernel_package(arch)))
+    (vmlinuz,) = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))
+    version = os.path.basename(vmlinuz)[len("vmlinuz-"):]
+    # Debian's package ships no modules.dep; index the whole tree once to resolve dependencies.
+    if not os.path.exists(os.path.join(tree, "lib", "modules", version, "modules.dep")):
+        run(["depmod", "-b", tree, version])
+    return Kernel(version, vmlinuz, tree)
+
+
+def fetch_busybox(arch):
+    return os.path.join(unpack_deb(fetch_deb(f"busybox-static:{arch.deb_arch}")), "bin", "busybox")
+
+
+def fetch_all(arch):
+    """Warm the cache for one architecture (the setup step of test-all.sh)."""
+    fetch_kernel(arch)
+    fetch_busybox(arch)
+
+
+# --- initramfs ------------------------------------------------------------------------------------
+
+def module_closure(kernel, names):
+    """Module files (relative to lib/modules/VER) for `names` plus everything they depend on.
+    A name that is neither a module nor built in is a typo in system.toml: fail the build."""
+    moddir = os.path.join(kernel.tree, "lib", "modules", kernel.version)
+    deps = {}
+    with open(os.path.join(moddir, "modules.dep")) as f:
+        for line in f:
+            path, _, rest = line.partition(":")
+            deps[path] = rest.split()
+    with open(os.path.join(moddir, "modules.builtin")) as f:
+        builtin = {module_name(line.strip()) for line in f}
+    by_name = {module_name(p): p for p in deps}
+    wanted = set()
+    for name in map(module_name, names):
+        if name in by_name:
+            wanted.add(by_name[name])
+            wanted.update(deps[by_name[name]])
+        elif name not in builtin:
+            raise RuntimeError(f"module {name}: neither a module nor built into {kernel.version}")
+    return sorted(wanted)
+
+
+def module_name(path):
+    """kernel/drivers/net/virtio_net.ko -> virtio_net (modprobe treats - and _ alike)."""
+    return os.path.basename(path).removesuffix(".ko").replace("-", "_")
+
+
+def appliance_modules():
+    with open(os.path.join(APPLIANCE, "etc", "brig", "system.toml"), "rb") as f:
+        return tomllib.load(f).get("modules", [])
+
+
+def busybox_applets():
+    """Applet paths (bin/sh, usr/sbin/httpd, ...), read from the host's BusyBox: the foreign-arch
+    binary cannot run here, and Debian builds both from the same config."""
+    applets = run(["busybox", "--list-full"]).split()
+    # brig is PID 1: BusyBox's own init must not shadow /sbin/init.
+    return [a for a in applets if os.path.basename(a) not in ("init", "linuxrc")]
+
+
+def stage_base(root, arch, kernel, brig):
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "etc/brig",
+              "var/log", "root", "mnt"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    os.mknod(os.path.join(root, "dev", "console"), 0o20600, os.makedev(5, 1))
+    shutil.copy(brig, os.path.join(root, "init"))
+    os.symlink("/init", os.path.join(root, "sbin", "init"))
+    shutil.copy(fetch_busybox(arch), os.path.join(root, "bin", "busybox"))
+    for applet in busybox_applets():
+        link = os.path.join(root, applet)
+        if not os.path.lexists(link):
+            os.symlink("/bin/busybox", link)
+    stage_modules(root, kernel, appliance_modules())
+
+
+def stage_modules(root, kernel, names):
+    src = os.path.join(kernel.tree, "lib", "modules", kernel.version)
+    dst = os.path.join(root, "lib", "modules", kernel.version)
+    for rel in module_closure(kernel, names):
+        os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+        shutil.copy(os.path.join(src, rel), os.path.join(dst, rel))
+    for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if os.path.exists(os.path.join(src, meta)):
+            shutil.copy(os.path.join(src, meta), dst)
+    run(["depmod", "-b", root, kernel.version])
+
+
+def write_files(root, files):
+    """Write {guest path: text} into root; paths under a bin/ or ending in .sh, .cgi are made
+    executable unless the text is wrapped in Mode(text, mode)."""
+    for path, content in files.items():
+        mode = 0o644
+        if isinstance(content, Mode):
+            content, mode = content.text, content.mode
+        elif re.search(r"(/bin/|\.sh$|\.cgi$)", path):
+            mode = 0o755
+        dest = os.path.join(root, path.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "w") as f:
+            f.write(content)
+        os.chmod(dest, mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    text: str
+    mode: int
+
+
+def pack_cpio(root, out):
+    """Pack root as a gzipped newc cpio, every file owned by root."""
+    with open(out, "wb") as f:
+        find = subprocess.Popen(["find", ".", "-print0"], cwd=root, stdout=subprocess.PIPE)
+        cpio = subprocess.Popen(["cpio", "--null", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
+                                cwd=root, stdin=find.stdout, stdout=subprocess.PIPE)
+        gz = subprocess.Popen(["gzip", "-1"], stdin=cpio.stdout, stdout=f)
+        find.stdout.close()
+        cpio.stdout.close()
+        if gz.wait() or cpio.wait() or find.wait():
+            raise RuntimeError(f"packing {root} into {out} failed")
+
+
+def brig_binary(arch):
+    return os.path.join(REPO, "target", arch.triple, "release", "brig")
+
+
+def build_brig(arch):
+    subprocess.run(["cargo", "build", "--release", "--target", arch.triple], cwd=REPO, check=True)
+    return brig_binary(arch)
+
+
+def build_base(arch, with_appliance):
+    """The per-architecture base archive: BusyBox, brig, modules, and optionally config/."""
+    kernel = fetch_kernel(arch)
+    kind = "appliance" if with_appliance else "bare"
+    root = os.path.join(WORK, arch.name, f"{kind}.root")
+    out = os.path.join(WORK, arch.name, f"{kind}.cpio.gz")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    stage_base(root, arch, kernel, brig_binary(arch))
+    shutil.copy(os.path.join(APPLIANCE, "etc", "passwd"), os.path.join(root, "etc"))
+    shutil.copy(os.path.join(APPLIANCE, "etc", "group"), os.path.join(root, "etc"))
+    if with_appliance:
+        shutil.copytree(APPLIANCE, root, symlinks=True, dirs_exist_ok=True)
+    else:
+        write_files(root, {"/etc/brig/system.toml": 'hostname = "brig-test"\n'})
+    pack_cpio(root, out)
+    return kernel, out
+
+
+def build_overlay(arch, name, files):
+    root = os.path.join(WORK, arch.name, "scenarios", name)
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    write_files(root, files)
+    out = root + ".cpio.gz"
+    pack_cpio(root, out)
+    return out
+
+
+def concat(parts, out):
+    with open(out, "wb") as f:
+        for part in parts:
+            with open(part, "rb") as p:
+                shutil.copyfileobj(p, f)
+    return out
+
+
+# --- QEMU -----------------------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def qemu_command(arch, kernel, initrd, port, cmdline=""):
+    # restrict=on: the guest reaches nothing outside QEMU; only the forwarded port comes in.
+    net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:80"
+    if "brig.debug" in cmdline:
+        # brig's debug lines go to /dev/kmsg at level 7, which the console shows only from 8 up.
+        cmdline += " loglevel=8"
+    append = f"console={arch.console} panic=-1 {cmdline}".strip()
+    return [*arch.qemu, "-nographic", "-no-reboot", "-kernel", kernel.vmlinuz, "-initrd", initrd,
+            "-append", append, "-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
+
+
+# Every guest still running, so an interrupted run can take them all down (see kill_all).
+LIVE = set()
+
+
+class Vm:
+    """A running guest whose serial console is read on a pipe into a growing text buffer.
+
+    expect() searches from a cursor that moves past each match, so a list of expect() calls checks
+    that markers appear in that order."""
+
+    def __init__(self, cmd, port, log_path):
+        self.port = port
+        self.log_path = log_path
+        self.text = ""
+        self.cursor = 0
+        self.started = time.monotonic()
+        self._cond = threading.Condition()
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        LIVE.add(self)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
+            # A chunk may end inside an escape sequence; rare, and only the log's looks suffer.
+            text = ESCAPES.sub("", chunk.decode("utf-8", "replace").replace("\r", ""))
+            with self._cond:
+                self.text += text
+                self._log.write(text)
+                self._log.flush()
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _check_fatal(self):
+        m = FATAL.search(self.text)
+        if m:
+            raise ScenarioFailed(f"kernel reported {m.group(0)!r}")
+
+    def expect(self, pattern, timeout=30):
+        """Wait for `pattern` (regex) after the cursor; returns the match, moves the cursor."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                self._check_fatal()
+                m = rx.search(self.text, self.cursor)
+                if m:
+                    self.cursor = m.end()
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    why = "QEMU exited" if self.proc.poll() is not None else f"{timeout} s passed"
+                    raise ScenarioFailed(f"{why} before /{pattern}/ appeared")
+                self._cond.wait(min(left, 0.5))
+
+    def expect_brig(self, message, timeout=30):
+        """Wait for a brig log line, whether it came via /dev/kmsg or syslogd."""
+        return self.expect(brig_line(message), timeout)
+
+    def quiet_for(self, pattern, seconds):
+        """Fail if `pattern` shows up after the cursor within `seconds`."""
+        try:
+            m = self.expect(pattern, seconds)
+        except ScenarioFailed:
+            return
+        raise ScenarioFailed(f"unexpected line: {line_of(self.text, m.start())!r}")
+
+    def wait_exit(self, timeout):
+        """QEMU's exit status; fails when it is still running after `timeout` s."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise ScenarioFailed(f"QEMU still running {timeout} s later") from None
+
+    def http_get(self, path, timeout=10):
+        url = f"http://127.0.0.1:{self.port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(5)
+        self._log.close()
+        LIVE.discard(self)
+
+
+def kill_all():
+    for vm in list(LIVE):
+        if vm.proc.poll() is None:
+            vm.proc.kill()
+
+
+def brig_line(message):
+    """Regex for a brig message: `[ 1.23] brig: MSG` (kmsg) or `... daemon.info brig[1]: MSG`."""
+    return r"\bbrig(?:\[\d+\])?: " + message
+
+
+def line_of(text, pos):
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return text[start:end if end >= 0 else len(text)]

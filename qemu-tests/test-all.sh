@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run every test brig has: setup, formatting, lints, unit and namespace tests, release builds for
+# each target (with their size), then the QEMU boot scenarios on every architecture.
+#
+# A failing check (fmt, clippy, tests, scenarios) does not stop the later ones, so one run shows
+# every problem; the script still exits non-zero. Setup and the release builds do stop it: without
+# them the later steps would test nothing, or a stale binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+failed=()
+
+step() {
+    printf '\n=== %s\n' "$*"
+}
+
+# check NAME CMD...: run a check, remember it if it fails, go on.
+check() {
+    local name=$1
+    shift
+    step "$name"
+    if ! "$@"; then
+        failed+=("$name")
+        printf '=== FAILED: %s\n' "$name"
+    fi
+}
+
+step "setup: packages, Rust targets, kernel cache"
+qemu-tests/setup.sh
+
+check "cargo fmt --check" cargo fmt --check
+check "cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets -- -D warnings
+check "cargo test (unit and privileged namespace tests)" cargo test
+
+step "release builds"
+for target in "${TARGETS[@]}"; do
+    cargo build --release --target "$target"
+done
+for target in "${TARGETS[@]}"; do
+    # The release profile strips; this is what lands on the appliance's flash.
+    size=$(stat -c %s "target/$target/release/brig")
+    printf '%-28s %8d bytes (%d KiB) stripped\n' "$target" "$size" "$((size / 1024))"
+done
+
+check "QEMU boot scenarios (x86_64 and aarch64 in parallel)" python3 qemu-tests/run.py test
+
+if ((${#failed[@]})); then
+    printf '\n=== %d step(s) failed:\n' "${#failed[@]}"
+    printf '  %s\n' "${failed[@]}"
+    exit 1
+fi
+printf '\n=== all steps passed\n'
