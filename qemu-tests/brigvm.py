@@ -53,6 +53,21 @@ ARCHES = {
         "linux-image-arm64:arm64", "linux-image-6.1.0-57-arm64:arm64", "ttyAMA0",
         ("qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-accel", "tcg", "-m", "256"),
     ),
+    # The 32-bit router targets, with the RAM of a small router. Their brig comes from
+    # scripts/cross-build.sh (nightly, build-std, Debian's musl). highmem=off: with the default
+    # high PCIe ECAM window the armmp kernel cannot claim the PCI host bridge, so no NIC appears.
+    "armv7": Arch(
+        "armv7", "armv7-unknown-linux-musleabihf", "armhf",
+        "linux-image-armmp:armhf", "linux-image-6.1.0-57-armmp:armhf", "ttyAMA0",
+        ("qemu-system-arm", "-M", "virt,highmem=off", "-cpu", "cortex-a15", "-accel", "tcg",
+         "-m", "64"),
+    ),
+    # MIPS32 24Kc little-endian: the class of core many routers run.
+    "mipsel": Arch(
+        "mipsel", "mipsel-unknown-linux-musl", "mipsel",
+        "linux-image-4kc-malta:mipsel", "linux-image-6.1.0-50-4kc-malta:mipsel", "ttyS0",
+        ("qemu-system-mipsel", "-M", "malta", "-cpu", "24Kc", "-accel", "tcg", "-m", "64"),
+    ),
 }
 
 # Lines that mean the kernel lost PID 1 or crashed: every scenario fails on sight of them.

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(qemu-system-x86 qemu-system-arm busybox-static cpio kmod gzip findutils python3)
+PACKAGES=(qemu-system-x86 qemu-system-arm qemu-system-mips busybox-static cpio kmod gzip findutils
+    python3 file squashfs-tools e2fsprogs)
 TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 
 missing_packages() {
@@ -16,12 +17,15 @@ missing_packages() {
     done
 }
 
-# The aarch64 guest needs Debian's arm64 kernel and BusyBox, fetched with apt-get download.
 need_update=false
-if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    dpkg --add-architecture arm64
-    need_update=true
-fi
+# The aarch64, armv7 and mipsel guests need Debian's kernels and BusyBox of those ports (fetched
+# with apt-get download), and the 32-bit builds Debian's musl.
+for foreign in arm64 armhf mipsel; do
+    if ! dpkg --print-foreign-architectures | grep -qx "$foreign"; then
+        dpkg --add-architecture "$foreign"
+        need_update=true
+    fi
+done
 
 mapfile -t missing < <(missing_packages)
 if ((${#missing[@]})); then

@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+ROUTER_TARGETS=(armv7-unknown-linux-musleabihf mipsel-unknown-linux-musl)
 failed=()
 
 step() {
@@ -33,17 +34,14 @@ check "cargo fmt --check" cargo fmt --check
 check "cargo clippy --all-targets -- -D warnings" cargo clippy --all-targets -- -D warnings
 check "cargo test (unit and privileged namespace tests)" cargo test
 
-step "release builds"
-for target in "${TARGETS[@]}"; do
-    cargo build --release --target "$target"
-done
-for target in "${TARGETS[@]}"; do
-    # The release profile strips; this is what lands on the appliance's flash.
-    size=$(stat -c %s "target/$target/release/brig")
-    printf '%-28s %8d bytes (%d KiB) stripped\n' "$target" "$size" "$((size / 1024))"
+step "release builds (stable: x86_64, aarch64; nightly build-std: armv7, mipsel)"
+# cross-build.sh prints each stripped size with the profile that made it.
+for target in "${TARGETS[@]}" "${ROUTER_TARGETS[@]}"; do
+    scripts/cross-build.sh "$target"
 done
 
-check "QEMU boot scenarios (x86_64 and aarch64 in parallel)" python3 qemu-tests/run.py test
+check "QEMU boot scenarios (x86_64, aarch64, armv7, mipsel; two guests at a time)" \
+    python3 qemu-tests/run.py test
 
 if ((${#failed[@]})); then
     printf '\n=== %d step(s) failed:\n' "${#failed[@]}"
