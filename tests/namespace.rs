@@ -27,11 +27,7 @@ impl Run {
     }
 
     fn assert_has(&self, needle: &str) {
-        assert!(
-            self.has(needle),
-            "missing {needle:?} in brig's log:\n{}",
-            self.log
-        );
+        assert!(self.has(needle), "missing {needle:?} in brig's log:\n{}", self.log);
     }
 
     fn count(&self, needle: &str) -> usize {
@@ -42,10 +38,7 @@ impl Run {
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "namespace tests need root (unshare of pid/mount/uts namespaces)"
-    );
+    assert_eq!(euid, 0, "namespace tests need root (unshare of pid/mount/uts namespaces)");
 }
 
 /// Boots brig in new namespaces with the given system.toml and services, and waits for the
@@ -61,16 +54,7 @@ fn boot(test: &str, system: &str, services: &[(&str, &str)], limit: Duration) ->
     }
     let start = Instant::now();
     let mut child = Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount",
-            "--uts",
-            "--ipc",
-            "--net",
-            "--propagation",
-            "private",
-        ])
+        .args(["--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--propagation", "private"])
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_brig"))
         .args(["init", "--config"])
@@ -100,11 +84,7 @@ fn boot(test: &str, system: &str, services: &[(&str, &str)], limit: Duration) ->
     };
     let elapsed = start.elapsed();
     let log = reader.join().unwrap();
-    Run {
-        log,
-        signal: status.signal(),
-        elapsed,
-    }
+    Run { log, signal: status.signal(), elapsed }
 }
 
 /// A service that waits until the others had time to act, then runs `script`.
@@ -130,11 +110,7 @@ fn orphans_from_double_forks_and_bursts_are_reaped() {
     let run = boot(
         "orphans",
         "",
-        &[
-            ("orphans", orphans),
-            ("burst", burst),
-            ("probe", &probe("2", COUNT_ZOMBIES)),
-        ],
+        &[("orphans", orphans), ("burst", burst), ("probe", &probe("2", COUNT_ZOMBIES))],
         Duration::from_secs(20),
     );
     run.assert_has("probe[");
@@ -152,29 +128,16 @@ fn service_ignoring_sigterm_is_killed_after_its_stop_timeout() {
     let run = boot(
         "stubborn",
         "shutdown_grace = \"1s\"\n",
-        &[
-            ("stubborn", stubborn),
-            ("polite", polite),
-            ("probe", &probe("0.5", "kill -TERM 1")),
-        ],
+        &[("stubborn", stubborn), ("polite", polite), ("probe", &probe("0.5", "kill -TERM 1"))],
         Duration::from_secs(20),
     );
     run.assert_has("shutdown: reboot requested (SIGTERM)");
     run.assert_has("service stubborn: did not stop within 1s, sending SIGKILL");
     run.assert_has("service polite: stopped (killed by signal SIGTERM)");
     assert!(!run.has("service polite: did not stop"), "{}", run.log);
-    assert_eq!(
-        run.signal,
-        Some(libc::SIGHUP),
-        "reboot ends the namespace with SIGHUP"
-    );
+    assert_eq!(run.signal, Some(libc::SIGHUP), "reboot ends the namespace with SIGHUP");
     // 0.5 s probe delay + 1 s stop timeout + grace at most; generous for a loaded machine.
-    assert!(
-        run.elapsed < Duration::from_secs(6),
-        "took {:?}\n{}",
-        run.elapsed,
-        run.log
-    );
+    assert!(run.elapsed < Duration::from_secs(6), "took {:?}\n{}", run.elapsed, run.log);
 }
 
 #[test]
@@ -184,10 +147,7 @@ fn setsid_escapee_is_killed_by_the_final_sweep() {
     let run = boot(
         "escapee",
         "shutdown_grace = \"1s\"\n",
-        &[
-            ("escapee", escapee),
-            ("probe", &probe("0.5", "kill -USR1 1")),
-        ],
+        &[("escapee", escapee), ("probe", &probe("0.5", "kill -USR1 1"))],
         Duration::from_secs(20),
     );
     run.assert_has("shutdown: halt requested (SIGUSR1)");
@@ -211,10 +171,7 @@ fn exec_failures_name_the_path_and_errno_without_delaying_siblings() {
     std::fs::set_permissions(&badinterp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755)).unwrap();
     let svc = |path: &std::path::Path| {
-        format!(
-            "exec = [\"{}\"]\nrestart_limit = 3\nrestart_delay = \"50ms\"\n",
-            path.display()
-        )
+        format!("exec = [\"{}\"]\nrestart_limit = 3\nrestart_delay = \"50ms\"\n", path.display())
     };
     let run = boot(
         "exec",
@@ -246,25 +203,12 @@ fn exec_failures_name_the_path_and_errno_without_delaying_siblings() {
     ));
     // Bounded: three tries each, then failed, once.
     for name in ["missing", "noexec", "badinterp", "empty"] {
-        assert_eq!(
-            run.count(&format!("service {name}: exec ")),
-            3,
-            "{name}\n{}",
-            run.log
-        );
-        assert_eq!(
-            run.count(&format!("service {name}: failed: 3 failures")),
-            1,
-            "{}",
-            run.log
-        );
+        assert_eq!(run.count(&format!("service {name}: exec ")), 3, "{name}\n{}", run.log);
+        assert_eq!(run.count(&format!("service {name}: failed: 3 failures")), 1, "{}", run.log);
     }
     // The healthy sibling did not wait for the failing ones' backoff: it ran before any of
     // them was tried a second time.
-    let healthy = run
-        .log
-        .find("service healthy: running")
-        .expect("healthy started");
+    let healthy = run.log.find("service healthy: running").expect("healthy started");
     let second_round = run.log.find("(failure 2 of 3)").expect("a second failure");
     assert!(healthy < second_round, "{}", run.log);
 }
@@ -280,20 +224,10 @@ fn crash_loop_backs_off_with_doubling_delays_then_gives_up_once() {
         Duration::from_secs(20),
     );
     for (k, ms) in [(1, 50), (2, 100), (3, 200), (4, 400)] {
-        run.assert_has(&format!(
-            "service crasher: restarting in {ms} ms (failure {k} of 5)"
-        ));
+        run.assert_has(&format!("service crasher: restarting in {ms} ms (failure {k} of 5)"));
     }
-    assert_eq!(
-        run.count("service crasher: failed: 5 failures within 60s, giving up"),
-        1
-    );
-    assert_eq!(
-        run.count("service crasher: exited with status 3"),
-        5,
-        "{}",
-        run.log
-    );
+    assert_eq!(run.count("service crasher: failed: 5 failures within 60s, giving up"), 1);
+    assert_eq!(run.count("service crasher: exited with status 3"), 5, "{}", run.log);
 }
 
 #[test]
@@ -304,14 +238,8 @@ fn broken_files_are_reported_with_location_and_the_rest_boots() {
         &[
             ("syntax", "exec = [\"/bin/true\"\n"),
             ("typo", "exec = [\"/bin/true\"]\nrestrat = \"always\"\n"),
-            (
-                "duration",
-                "exec = [\"/bin/true\"]\nstop_timeout = \"ten\"\n",
-            ),
-            (
-                "dependent",
-                "exec = [\"/bin/sleep\", \"1000\"]\nrequires = [\"syntax\"]\n",
-            ),
+            ("duration", "exec = [\"/bin/true\"]\nstop_timeout = \"ten\"\n"),
+            ("dependent", "exec = [\"/bin/sleep\", \"1000\"]\nrequires = [\"syntax\"]\n"),
             ("good", "exec = [\"/bin/sleep\", \"1000\"]\n"),
             ("probe", &probe("0.5", "kill -USR2 1")),
         ],
@@ -332,13 +260,7 @@ fn hostname_is_set_and_sigquit_changes_nothing() {
     let run = boot(
         "signals",
         "hostname = \"brig-test\"\n",
-        &[(
-            "probe",
-            &probe(
-                "0.3",
-                "hostname; kill -QUIT 1; kill -HUP 1; sleep 0.3; kill -USR2 1",
-            ),
-        )],
+        &[("probe", &probe("0.3", "hostname; kill -QUIT 1; kill -HUP 1; sleep 0.3; kill -USR2 1"))],
         Duration::from_secs(20),
     );
     run.assert_has("probe[");
@@ -362,9 +284,5 @@ fn shutdown_does_not_wait_out_the_grace_period_when_nothing_is_left() {
     );
     run.assert_has("shutdown: sending SIGTERM to remaining processes");
     assert!(!run.has("processes left after"), "{}", run.log);
-    assert!(
-        run.elapsed < Duration::from_secs(10),
-        "took {:?}",
-        run.elapsed
-    );
+    assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
 }

@@ -7,6 +7,7 @@
 
 pub mod duration;
 mod graph;
+pub mod isolation;
 pub mod service;
 pub mod system;
 

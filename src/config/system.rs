@@ -2,6 +2,7 @@
 //!
 //! Every key has a default, so a missing, empty or broken `system.toml` still boots.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -44,6 +45,10 @@ pub struct System {
     pub shutdown_grace: Duration,
     /// Bytes of recent output kept in memory per service for `brig logs`.
     pub log_buffer: usize,
+    /// Where container images live: `IMAGE_STORE/NAME` is a directory tree.
+    pub image_store: PathBuf,
+    /// Where persistent container layers live (on the data partition).
+    pub container_state: PathBuf,
 }
 
 impl Default for System {
@@ -54,6 +59,8 @@ impl Default for System {
             log_level: LogLevel::Info,
             shutdown_grace: Duration::from_secs(5),
             log_buffer: 16 * 1024,
+            image_store: PathBuf::from("/var/lib/brig/images"),
+            container_state: PathBuf::from("/var/lib/brig/containers"),
         }
     }
 }
@@ -66,6 +73,8 @@ struct SystemFile {
     log_level: Option<LogLevel>,
     shutdown_grace: Option<Dur>,
     log_buffer: Option<Spanned<usize>>,
+    image_store: Option<Spanned<String>>,
+    container_state: Option<Spanned<String>>,
 }
 
 /// Parses the text of `system.toml`; the error is toml's, with its span.
@@ -82,7 +91,21 @@ pub fn parse(text: &str) -> Result<System, FileError> {
         Some(b) => b.into_inner(),
         None => defaults.log_buffer,
     };
+    let absolute = |key: &str, v: Option<Spanned<String>>, default: PathBuf| match v {
+        Some(p) if !p.get_ref().starts_with('/') => Err(FileError {
+            span: Some(p.span()),
+            message: format!("{key} must be an absolute path"),
+        }),
+        Some(p) => Ok(PathBuf::from(p.into_inner())),
+        None => Ok(default),
+    };
     Ok(System {
+        image_store: absolute("image_store", file.image_store, defaults.image_store.clone())?,
+        container_state: absolute(
+            "container_state",
+            file.container_state,
+            defaults.container_state.clone(),
+        )?,
         log_buffer,
         hostname: file.hostname.unwrap_or(defaults.hostname),
         modules: file.modules.unwrap_or_default(),
@@ -118,6 +141,15 @@ mod tests {
         let text = "log_buffer = 10\n";
         let err = parse(text).unwrap_err();
         assert_eq!(&text[err.span.unwrap()], "10");
+    }
+
+    #[test]
+    fn image_store_must_be_absolute() {
+        let s = parse("image_store = \"/data/images\"\n").unwrap();
+        assert_eq!(s.image_store, PathBuf::from("/data/images"));
+        assert_eq!(s.container_state, PathBuf::from("/var/lib/brig/containers"));
+        let err = parse("image_store = \"images\"\n").unwrap_err();
+        assert!(err.message.contains("absolute"), "{err:?}");
     }
 
     #[test]
