@@ -16,6 +16,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use isolation::{Container, Network, Upper, Volume};
 pub use service::{Ident, Kind, Restart, Service};
 pub use system::System;
 

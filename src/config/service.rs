@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use super::duration::Dur;
 use super::isolation::{decode_rlimits, Caps, ContainerFile, LimitsFile, Rlimit};
-pub use super::isolation::{Container, Limits, Network, Upper, Volume};
+use super::isolation::{Container, Limits};
 
 /// How a service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, DeriveDeserialize)]
@@ -359,6 +359,7 @@ impl<'de> Deserialize<'de> for Ident {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Network, Upper, Volume};
 
     fn parse_ok(text: &str) -> Service {
         parse("svc", PathBuf::from("svc.toml"), text).unwrap().0

@@ -5,7 +5,7 @@
 //! passed), not when the request was accepted: `brig stop web && flash-update` must be safe.
 
 use std::os::fd::RawFd;
-use std::path::Path;
+
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::EpollFlags;
@@ -361,6 +361,7 @@ impl Supervisor {
 
     fn apply_system(&mut self, system: &config::System) {
         self.shutdown_grace = system.shutdown_grace;
+        self.containers = crate::container::Paths::from_system(system);
         crate::log::set_level(system.log_level.filter());
         crate::log::with_rings(|r| r.set_capacity(system.log_buffer));
         if self.owns_system {
@@ -424,7 +425,7 @@ fn describe(unit: &Unit, now: Instant) -> ServiceStatus {
         .filter(|_| unit.state.is_active())
         .map(|t| u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX));
     let (memory_bytes, cpu_usec) =
-        cgroup::usage(&cgroup::service_dir(Path::new(cgroup::ROOT), unit.name()));
+        unit.group.as_ref().map_or((None, None), |g| cgroup::usage(&g.dir));
     ServiceStatus {
         name: unit.name().to_string(),
         state: state.into(),
@@ -445,5 +446,6 @@ fn describe_exit(exit: Exit) -> String {
         Exit::Setup(Some(step), errno) => format!("{} failed ({errno:?})", step.describe()),
         Exit::Setup(None, errno) => format!("setup failed ({errno:?})"),
         Exit::Spawn => "could not be started".into(),
+        Exit::Oom => "killed by OOM".into(),
     }
 }

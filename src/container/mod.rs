@@ -1,0 +1,315 @@
+//! Containers: the root filesystem and the namespaces a `[container]` service runs in.
+//!
+//! The parent (PID 1) turns the `[container]` table into a [`Plan`]: a flat list of named
+//! operations (mkdir, mount, sethostname, pivot_root, ...) with every path already a C string.
+//! The child, after clone3 put it in its new namespaces, only walks that list, so it makes
+//! system calls and nothing else, and reports a failing operation by its index; the parent
+//! turns the index back into the operation's label for the log. Because the plan is data, the
+//! unit tests check the exact mount sequence without root.
+//!
+//! Key choices:
+//! - the service is PID 1 of its PID namespace (no helper process in between): it sees itself
+//!   as PID 1 and reaps its own orphans, as under any init; when it exits, the kernel kills
+//!   whatever is left in the namespace. A program that does not reap should be started through
+//!   one that does (BusyBox `sh -c`, for example).
+//! - propagation: the child first makes every mount a slave (MS_REC|MS_SLAVE), so host
+//!   unmounts still reach it and nothing it mounts reaches the host.
+//! - root switch: pivot_root(".", ".") then a lazy unmount of the old root; where the host
+//!   root is the initramfs pivot_root fails with EINVAL, and the child falls back to moving
+//!   the new root onto / and chroot. It reports which one it used.
+
+pub mod rootfs;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::config::{Network, Service, Upper};
+
+/// Where containers keep their files on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// `IMAGE_STORE/NAME` is the image directory of image NAME.
+    pub image_store: PathBuf,
+    /// `STATE/NAME/{upper,work}`: the persistent layer of service NAME.
+    pub state: PathBuf,
+    /// `RUN/NAME`: the mount point of the container's tmpfs and root (only ever mounted
+    /// inside the container's mount namespace).
+    pub run: PathBuf,
+}
+
+impl Paths {
+    pub fn from_system(system: &crate::config::System) -> Paths {
+        Paths {
+            image_store: system.image_store.clone(),
+            state: system.container_state.clone(),
+            run: PathBuf::from("/run/brig/containers"),
+        }
+    }
+}
+
+/// One step of container setup, executed by the child in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// mkdir; EEXIST is fine.
+    Mkdir(CString),
+    /// Create an empty file to bind a device node onto; EEXIST is fine.
+    Touch(CString),
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: MsFlags,
+        data: Option<CString>,
+        /// ENOENT is fine (a /proc file this kernel does not have).
+        optional: bool,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    Hostname(CString),
+    LoopbackUp,
+    /// chdir into the new root and switch to it (pivot_root, or move-mount + chroot).
+    SwitchRoot(CString),
+}
+
+/// Which root switch the child used, reported to the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    PivotRoot,
+    MoveChroot,
+}
+
+/// Everything the child does for a container, with a label per operation for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub labels: Vec<String>,
+    /// Namespaces for clone3 (CLONE_NEW*), without CLONE_NEWCGROUP: the child enters that
+    /// one itself once it is in its own cgroup, so the namespace is rooted there.
+    pub clone_flags: u64,
+}
+
+/// Why a container cannot be prepared: the operation, the path and the errno.
+#[derive(Debug)]
+pub struct PrepareError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub errno: Errno,
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{} {}: {} ({:?})", self.op, self.path.display(), self.errno.desc(), self.errno)
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> PrepareError + 'a {
+    move |e| PrepareError {
+        op,
+        path: path.to_path_buf(),
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// The directory of a service's image.
+pub fn image_dir(paths: &Paths, image: &str) -> PathBuf {
+    if image.starts_with('/') {
+        PathBuf::from(image)
+    } else {
+        paths.image_store.join(image)
+    }
+}
+
+/// Checks the image and prepares the host side (directories, a clean persistent workdir),
+/// then builds the plan. Allocates freely: it runs in PID 1 before clone.
+pub fn prepare(svc: &Service, paths: &Paths) -> Result<Option<Plan>, PrepareError> {
+    let Some(c) = &svc.container else { return Ok(None) };
+    let image = image_dir(paths, &c.image);
+    let meta = std::fs::metadata(&image).map_err(io_err("open image", &image))?;
+    if !meta.is_dir() {
+        return Err(PrepareError { op: "open image", path: image, errno: Errno::ENOTDIR });
+    }
+    // overlayfs splits its options at ',' and ':'.
+    if image.as_os_str().as_bytes().iter().any(|b| b",:".contains(b)) {
+        return Err(PrepareError { op: "use image path", path: image, errno: Errno::EINVAL });
+    }
+    let run = paths.run.join(&svc.name);
+    std::fs::create_dir_all(&run).map_err(io_err("mkdir", &run))?;
+    let layer = match c.upper {
+        Upper::Ephemeral => None,
+        Upper::Persistent => {
+            let dir = paths.state.join(&svc.name);
+            let upper = dir.join("upper");
+            let work = dir.join("work");
+            std::fs::create_dir_all(&upper).map_err(io_err("mkdir", &upper))?;
+            // A workdir left by a crash or power cut can make the overlay mount fail: it only
+            // ever holds overlayfs's scratch files, so start it empty.
+            match std::fs::remove_dir_all(&work) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("clean stale workdir", &work)(e)),
+            }
+            std::fs::create_dir_all(&work).map_err(io_err("mkdir", &work))?;
+            Some((upper, work))
+        }
+    };
+    Ok(Some(rootfs::plan(
+        svc,
+        c,
+        &image,
+        &run,
+        layer.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
+    )))
+}
+
+/// Clone flags for a container's namespaces.
+pub fn clone_flags(network: Network) -> u64 {
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if network == Network::None {
+        flags |= libc::CLONE_NEWNET;
+    }
+    flags as u64
+}
+
+/// Runs the plan in the child. Only system calls on prepared data: safe between clone and
+/// exec. On failure returns the index of the failed operation and the errno.
+pub fn enter(plan: &Plan) -> Result<Switch, (u32, Errno)> {
+    // The cgroup namespace, rooted at the service's own group (the child is in it now).
+    // SAFETY: unshare with a namespace flag only changes this process's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err((UNSHARE_CGROUP, Errno::last()));
+    }
+    // Nothing mounted from here on reaches the host; host unmounts still reach us.
+    if let Err(e) = nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    ) {
+        return Err((MAKE_SLAVE, e));
+    }
+    let mut switch = Switch::PivotRoot;
+    for (i, op) in plan.ops.iter().enumerate() {
+        match run_op(op) {
+            Ok(Some(s)) => switch = s,
+            Ok(None) => {}
+            Err(e) => return Err((u32::try_from(i).unwrap_or(u32::MAX - 2), e)),
+        }
+    }
+    Ok(switch)
+}
+
+fn run_op(op: &Op) -> Result<Option<Switch>, Errno> {
+    match op {
+        Op::Mkdir(path) => match nix::unistd::mkdir(
+            path.as_c_str(),
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(None),
+            Err(e) => Err(e),
+        },
+        Op::Touch(path) => {
+            let flags = nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_CLOEXEC;
+            let fd = nix::fcntl::open(
+                path.as_c_str(),
+                flags,
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )?;
+            let _ = nix::unistd::close(fd);
+            Ok(None)
+        }
+        Op::Mount { source, target, fstype, flags, data, optional } => {
+            match nix::mount::mount(
+                source.as_deref(),
+                target.as_c_str(),
+                fstype.as_deref(),
+                *flags,
+                data.as_deref(),
+            ) {
+                Ok(()) => Ok(None),
+                Err(Errno::ENOENT) if *optional => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Symlink { target, link } => {
+            match nix::unistd::symlinkat(target.as_c_str(), None, link.as_c_str()) {
+                Ok(()) | Err(Errno::EEXIST) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Hostname(name) => {
+            // SAFETY: the pointer and length describe a live C string.
+            let rc = unsafe { libc::sethostname(name.as_ptr(), name.as_bytes().len()) };
+            if rc != 0 {
+                return Err(Errno::last());
+            }
+            Ok(None)
+        }
+        Op::LoopbackUp => loopback_up().map(|()| None),
+        Op::SwitchRoot(root) => switch_root(root).map(Some),
+    }
+}
+
+/// pivot_root(".", ".") into `root`, or where that is impossible (the host root is the
+/// initramfs: EINVAL), move `root` onto / and chroot.
+fn switch_root(root: &CString) -> Result<Switch, Errno> {
+    nix::unistd::chdir(root.as_c_str())?;
+    // SAFETY: pivot_root takes two C strings; "." stays valid for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+    if rc == 0 {
+        // The old root is now stacked under "."; detach it so nothing of the host is left.
+        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")?;
+        return Ok(Switch::PivotRoot);
+    }
+    let e = Errno::last();
+    if e != Errno::EINVAL {
+        return Err(e);
+    }
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")?;
+    Ok(Switch::MoveChroot)
+}
+
+/// Sets `lo` up in a fresh network namespace (it starts down).
+fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads a struct ifreq that lives for the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) };
+    let result = if rc == 0 { Ok(()) } else { Err(Errno::last()) };
+    let _ = nix::unistd::close(fd);
+    result
+}
+
+/// The log text for a failed operation index from [`enter`].
+pub fn describe_failure(labels: &[String], index: u32) -> String {
+    match index {
+        UNSHARE_CGROUP => "unshare cgroup namespace".into(),
+        MAKE_SLAVE => "make / a recursive slave mount".into(),
+        i => labels.get(i as usize).cloned().unwrap_or_else(|| format!("container setup step {i}")),
+    }
+}
+
+/// Failure indexes of the steps before the plan.
+const UNSHARE_CGROUP: u32 = u32::MAX;
+const MAKE_SLAVE: u32 = u32::MAX - 1;

@@ -1,0 +1,107 @@
+//! The supervisor's side of cgroups: a unit's group is created (with its limits) before each
+//! start, signalled and killed as a whole at stop, and the unit is down only once the group is
+//! empty. An OOM kill is recognised by the `oom_kill` counter of memory.events.
+//!
+//! Emptiness is checked when children are reaped (the processes of a killed service are
+//! PID 1's orphans, or die with their PID namespace) and, while a group drains, on a short
+//! timer, since a process can leave without PID 1 seeing it (brig not PID 1, or a process
+//! re-parented to a sub-reaper).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::unit::Exit;
+use super::Supervisor;
+use crate::config::Kind;
+
+/// How often a draining group is looked at when no child exit says so.
+pub const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+impl Supervisor {
+    /// Creates the cgroup of unit `i` with its limits. Err: logged, the start fails.
+    pub(super) fn prepare_group(&mut self, i: usize) -> Result<(), String> {
+        let unit = &mut self.units[i];
+        let Some(tree) = &self.cgroups else {
+            if !unit.svc.limits.is_empty() {
+                return Err("limits need a cgroup2 hierarchy, and there is none".into());
+            }
+            return Ok(());
+        };
+        let group = tree.group(unit.name());
+        group.create(&unit.svc.limits.files).map_err(|e| e.to_string())?;
+        unit.oom_kills = group.oom_kills().unwrap_or(0);
+        unit.group = Some(group);
+        Ok(())
+    }
+
+    /// Called when the main process of unit `i` ended with `exit`: the exit to report (an
+    /// OOM kill is named as such), or None while the rest of its group is still being killed.
+    pub(super) fn group_exit(&mut self, i: usize, exit: Exit) -> Option<Exit> {
+        let unit = &mut self.units[i];
+        let Some(group) = &unit.group else { return Some(exit) };
+        let exit = match (exit, group.oom_kills()) {
+            (Exit::Signal(Signal::SIGKILL), Some(n)) if n > unit.oom_kills => Exit::Oom,
+            _ => exit,
+        };
+        // A oneshot that succeeded may leave daemons it started; they stay in its group
+        // until the service is stopped.
+        let keep = unit.svc.kind == Kind::Oneshot && exit.success();
+        if keep || !group.populated() {
+            if !keep {
+                group.remove();
+            }
+            return Some(exit);
+        }
+        log::debug!("service {}: main process gone, killing the rest of its cgroup", unit.name());
+        if let Err(e) = group.kill() {
+            log::error!("service {}: {e}", unit.name());
+        }
+        unit.draining = Some(exit);
+        None
+    }
+
+    /// Finishes the units whose group has emptied since their main process ended.
+    pub(super) fn settle_drained(&mut self, now: Instant) {
+        for i in 0..self.units.len() {
+            let unit = &mut self.units[i];
+            let Some(exit) = unit.draining else { continue };
+            if unit.group.as_ref().is_some_and(|g| g.populated()) {
+                continue;
+            }
+            unit.draining = None;
+            if let Some(g) = &unit.group {
+                g.remove();
+            }
+            self.after_run(i, exit, now);
+        }
+    }
+
+    /// Whether some unit waits for its group to empty (the loop then polls).
+    pub(super) fn draining(&self) -> bool {
+        self.units.iter().any(|u| u.draining.is_some())
+    }
+
+    /// Sends `sig` to every process of unit `i`: its whole cgroup, or without one its
+    /// process group. Returns false when the unit has nothing left to signal.
+    pub(super) fn signal_unit(&self, i: usize, sig: Signal) -> bool {
+        let unit = &self.units[i];
+        match (&unit.group, unit.pid) {
+            (Some(g), _) => {
+                if sig == Signal::SIGKILL {
+                    if let Err(e) = g.kill() {
+                        log::error!("service {}: {e}", unit.name());
+                    }
+                } else {
+                    g.signal(sig);
+                }
+                true
+            }
+            (_, Some(pid)) => {
+                super::signal_group(pid, sig);
+                true
+            }
+            _ => false,
+        }
+    }
+}
