@@ -105,3 +105,60 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::Group;
+    use crate::config::service::parse;
+    use crate::config::Tree;
+    use crate::supervisor::unit::State;
+    use std::path::PathBuf;
+
+    fn sup_with_group(tag: &str, events: &str, procs_populated: bool) -> (Supervisor, PathBuf) {
+        let svc = parse("hog", "hog.toml".into(), "exec = [\"/x\"]\n").unwrap().0;
+        let tree = Tree { services: vec![svc], ..Tree::default() };
+        let mut s = Supervisor::new(tree, false, PathBuf::new(), None).unwrap();
+        let dir = std::env::temp_dir().join(format!("brig-groups-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.events"), events).unwrap();
+        let populated = if procs_populated { "populated 1\n" } else { "populated 0\n" };
+        std::fs::write(dir.join("cgroup.events"), populated).unwrap();
+        s.units[0].group = Some(Group { dir: dir.clone() });
+        s.units[0].oom_kills = 1;
+        (s, dir)
+    }
+
+    #[test]
+    fn sigkill_counted_by_memory_events_is_reported_as_oom() {
+        let (mut s, dir) = sup_with_group("oom", "oom 2\noom_kill 2\n", false);
+        assert_eq!(s.group_exit(0, Exit::Signal(Signal::SIGKILL)), Some(Exit::Oom));
+        assert_eq!(s.units[0].describe_exit(Exit::Oom), "killed by OOM (memory.max reached)");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn sigkill_without_a_new_oom_kill_stays_a_signal() {
+        let (mut s, dir) = sup_with_group("kill", "oom 1\noom_kill 1\n", false);
+        let exit = Exit::Signal(Signal::SIGKILL);
+        assert_eq!(s.group_exit(0, exit), Some(exit));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn service_is_not_down_while_its_group_still_has_processes() {
+        let (mut s, dir) = sup_with_group("drain", "oom_kill 1\n", true);
+        // cgroup.kill is a plain file here: the write succeeds, nothing dies.
+        std::fs::write(dir.join("cgroup.kill"), "").unwrap();
+        assert_eq!(s.group_exit(0, Exit::Code(1)), None);
+        assert!(s.draining());
+        assert_eq!(std::fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
+        std::fs::write(dir.join("cgroup.events"), "populated 0\n").unwrap();
+        s.units[0].set(State::Running);
+        s.settle_drained(std::time::Instant::now());
+        assert!(!s.draining());
+        assert_eq!(s.units[0].last_exit, Some(Exit::Code(1)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
