@@ -384,3 +384,42 @@ fn fork_bomb_is_contained_by_pids_max() {
     run.assert_has("service bomb: stopped");
     assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
 }
+
+#[test]
+fn bridge_network_gives_eth0_an_address_behind_a_host_bridge() {
+    let dir = tmp("bridge");
+    busybox_image(&dir, "bb");
+    let mkbr = "exec = [\"/bin/sh\", \"-c\", \"ip link add br0 type bridge && \
+                ip addr add 10.99.0.1/24 dev br0 && ip link set br0 up\"]\ntype = \"oneshot\"\n";
+    let script =
+        "echo addr=$(/bin/busybox ip -4 -o addr show eth0 | /bin/busybox awk '{print $4}'); \
+                  echo route=$(/bin/busybox ip route | /bin/busybox grep default); \
+                  /bin/busybox ping -c 1 -W 5 10.99.0.1 > /dev/null && echo gateway=reached; \
+                  exec /bin/busybox sleep 1000";
+    let web = format!(
+        "{}network = \"bridge\"\nbridge = \"br0\"\naddress = \"10.99.0.2/24\"\n\
+         gateway = \"10.99.0.1\"\n",
+        boxed("bb", script, "requires = [\"mkbr\"]\ncapabilities = [\"CAP_NET_RAW\"]\n")
+    );
+    let (run, _cg) = boot(
+        "bridge",
+        &dir,
+        "",
+        &[
+            ("mkbr", mkbr),
+            ("web", &web),
+            (
+                "probe",
+                &probe(
+                    "2",
+                    "echo ports=$(ip -o link show master br0 | cut -d' ' -f2); kill -USR2 1",
+                ),
+            ),
+        ],
+        false,
+    );
+    run.assert_has("]: addr=10.99.0.2/24");
+    run.assert_has("]: route=default via 10.99.0.1 dev eth0");
+    run.assert_has("]: gateway=reached");
+    run.assert_has("]: ports=vb-web@");
+}

@@ -340,6 +340,18 @@ pub enum Network {
     Host,
     /// A network namespace with only loopback, up.
     None,
+    /// A network namespace with loopback and `eth0`, one end of a veth pair whose other end
+    /// joins a bridge of the host, with a static address.
+    Bridge,
+}
+
+/// Bridge networking: the host bridge, the address of `eth0` and the default route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeNet {
+    pub bridge: String,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// A mount inside the container.
@@ -367,11 +379,13 @@ pub struct Container {
     pub network: Network,
     pub read_only: bool,
     pub volumes: Vec<Volume>,
+    /// Set exactly when `network` is `bridge`.
+    pub bridge: Option<BridgeNet>,
 }
 
 #[derive(DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ContainerFile {
+struct RawContainer {
     image: ImageName,
     #[serde(default)]
     upper: Upper,
@@ -382,19 +396,77 @@ pub(super) struct ContainerFile {
     read_only: bool,
     #[serde(default)]
     volumes: Vec<VolumeFile>,
+    bridge: Option<String>,
+    address: Option<String>,
+    gateway: Option<String>,
 }
+
+/// The `[container]` table, checked as a whole (the bridge keys go together).
+pub(super) struct ContainerFile(Container);
 
 impl ContainerFile {
     pub(super) fn into_container(self) -> Container {
-        Container {
-            image: self.image.0,
-            upper: self.upper,
-            hostname: self.hostname.map(|h| h.0),
-            network: self.network,
-            read_only: self.read_only,
-            volumes: self.volumes.into_iter().map(|v| v.0).collect(),
-        }
+        self.0
     }
+}
+
+impl<'de> Deserialize<'de> for ContainerFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawContainer::deserialize(d)?;
+        let bridge = bridge_net(raw.network, raw.bridge, raw.address, raw.gateway)
+            .map_err(de::Error::custom)?;
+        Ok(ContainerFile(Container {
+            image: raw.image.0,
+            upper: raw.upper,
+            hostname: raw.hostname.map(|h| h.0),
+            network: raw.network,
+            read_only: raw.read_only,
+            volumes: raw.volumes.into_iter().map(|v| v.0).collect(),
+            bridge,
+        }))
+    }
+}
+
+/// Checks the bridge keys: all of `bridge` and `address` with `network = "bridge"`, none
+/// without.
+fn bridge_net(
+    network: Network,
+    bridge: Option<String>,
+    address: Option<String>,
+    gateway: Option<String>,
+) -> Result<Option<BridgeNet>, String> {
+    if network != Network::Bridge {
+        if bridge.is_some() || address.is_some() || gateway.is_some() {
+            return Err("container: bridge, address and gateway need network = \"bridge\"".into());
+        }
+        return Ok(None);
+    }
+    let (Some(bridge), Some(address)) = (bridge, address) else {
+        return Err(
+            "container: network = \"bridge\" needs bridge = \"NAME\" and address = \"A.B.C.D/N\""
+                .into(),
+        );
+    };
+    if bridge.is_empty() || bridge.len() > 15 || bridge.contains(['/', ' ', '\0']) {
+        return Err(format!("container.bridge: {bridge:?} is not an interface name"));
+    }
+    let parsed = address.split_once('/').and_then(|(ip, len)| {
+        let prefix: u8 = len.parse().ok()?;
+        (prefix <= 32).then_some(())?;
+        Some((ip.parse().ok()?, prefix))
+    });
+    let Some((address_ip, prefix)) = parsed else {
+        return Err(format!(
+            "container.address: {address:?} is not an IPv4 address/prefix such as \"10.0.3.2/24\""
+        ));
+    };
+    let gateway = match gateway {
+        Some(g) => Some(
+            g.parse().map_err(|_| format!("container.gateway: {g:?} is not an IPv4 address"))?,
+        ),
+        None => None,
+    };
+    Ok(Some(BridgeNet { bridge, address: address_ip, prefix, gateway }))
 }
 
 struct ImageName(String);
@@ -479,6 +551,40 @@ impl<'de> Deserialize<'de> for VolumeFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_network_needs_its_keys_and_only_then() {
+        let b = bridge_net(
+            Network::Bridge,
+            Some("br0".into()),
+            Some("10.0.3.2/24".into()),
+            Some("10.0.3.1".into()),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (b.bridge.as_str(), b.address.to_string(), b.prefix),
+            ("br0", "10.0.3.2".into(), 24)
+        );
+        assert_eq!(b.gateway.unwrap().to_string(), "10.0.3.1");
+        assert!(bridge_net(Network::Bridge, Some("br0".into()), None, None)
+            .unwrap_err()
+            .contains("needs"));
+        assert!(bridge_net(Network::None, Some("br0".into()), None, None)
+            .unwrap_err()
+            .contains("need network"));
+        assert!(bridge_net(Network::Bridge, Some("br0".into()), Some("10.0.3.2".into()), None)
+            .unwrap_err()
+            .contains("container.address"));
+        assert!(bridge_net(
+            Network::Bridge,
+            Some("a-very-long-bridge-name".into()),
+            Some("10.0.3.2/24".into()),
+            None
+        )
+        .unwrap_err()
+        .contains("container.bridge"));
+    }
 
     #[test]
     fn sizes_take_binary_suffixes_and_max() {

@@ -18,6 +18,7 @@
 //!   root is the initramfs pivot_root fails with EINVAL, and the child falls back to moving
 //!   the new root onto / and chroot. It reports which one it used.
 
+pub mod net;
 pub mod rootfs;
 
 use std::ffi::CString;
@@ -75,6 +76,13 @@ pub enum Op {
     LoopbackUp,
     /// chdir into the new root and switch to it (pivot_root, or move-mount + chroot).
     SwitchRoot(CString),
+    /// An rtnetlink request: on the host's netlink socket (`host`), or on one of the
+    /// container's own network namespace; `ignore`: an errno that is fine.
+    Netlink {
+        host: Option<i32>,
+        msg: Vec<u8>,
+        ignore: Option<Errno>,
+    },
 }
 
 /// Which root switch the child used, reported to the parent.
@@ -85,10 +93,12 @@ pub enum Switch {
 }
 
 /// Everything the child does for a container, with a label per operation for the log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Plan {
     pub ops: Vec<Op>,
     pub labels: Vec<String>,
+    /// Host-side descriptors of bridge networking, kept open until the clone.
+    pub host_fds: Option<net::HostFds>,
     /// Namespaces for clone3 (CLONE_NEW*), without CLONE_NEWCGROUP: the child enters that
     /// one itself once it is in its own cgroup, so the namespace is rooted there.
     pub clone_flags: u64,
@@ -158,20 +168,26 @@ pub fn prepare(svc: &Service, paths: &Paths) -> Result<Option<Plan>, PrepareErro
             Some((upper, work))
         }
     };
-    Ok(Some(rootfs::plan(
-        svc,
-        c,
-        &image,
-        &run,
-        layer.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
-    )))
+    let layer = layer.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
+    let mut plan = rootfs::plan(svc, c, &image, &run, layer);
+    if let Some(b) = &c.bridge {
+        let (fds, ops) = net::prepare(&svc.name, b)?;
+        // Just before the root switch, after `lo` is up.
+        let at = plan.ops.len().saturating_sub(1);
+        for (k, (label, op)) in ops.into_iter().enumerate() {
+            plan.labels.insert(at + k, label);
+            plan.ops.insert(at + k, op);
+        }
+        plan.host_fds = Some(fds);
+    }
+    Ok(Some(plan))
 }
 
 /// Clone flags for a container's namespaces.
 pub fn clone_flags(network: Network) -> u64 {
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if network == Network::None {
+    if network != Network::Host {
         flags |= libc::CLONE_NEWNET;
     }
     flags as u64
@@ -196,8 +212,9 @@ pub fn enter(plan: &Plan) -> Result<Switch, (u32, Errno)> {
         return Err((MAKE_SLAVE, e));
     }
     let mut switch = Switch::PivotRoot;
+    let mut own_netlink = None;
     for (i, op) in plan.ops.iter().enumerate() {
-        match run_op(op) {
+        match run_op(op, &mut own_netlink) {
             Ok(Some(s)) => switch = s,
             Ok(None) => {}
             Err(e) => return Err((u32::try_from(i).unwrap_or(u32::MAX - 2), e)),
@@ -206,8 +223,33 @@ pub fn enter(plan: &Plan) -> Result<Switch, (u32, Errno)> {
     Ok(switch)
 }
 
-fn run_op(op: &Op) -> Result<Option<Switch>, Errno> {
+fn run_op(op: &Op, own_netlink: &mut Option<i32>) -> Result<Option<Switch>, Errno> {
     match op {
+        Op::Netlink { host, msg, ignore } => {
+            let fd = match (*host, *own_netlink) {
+                (Some(fd), _) | (None, Some(fd)) => fd,
+                (None, None) => {
+                    // SAFETY: socket(2) with constant arguments; the descriptor is
+                    // close-on-exec and lives until the exec.
+                    let fd = unsafe {
+                        libc::socket(
+                            libc::AF_NETLINK,
+                            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                            libc::NETLINK_ROUTE,
+                        )
+                    };
+                    if fd < 0 {
+                        return Err(Errno::last());
+                    }
+                    *own_netlink = Some(fd);
+                    fd
+                }
+            };
+            match net::send(fd, msg) {
+                Err(e) if Some(e) == *ignore => Ok(None),
+                other => other.map(|()| None),
+            }
+        }
         Op::Mkdir(path) => match nix::unistd::mkdir(
             path.as_c_str(),
             nix::sys::stat::Mode::from_bits_truncate(0o755),

@@ -221,7 +221,7 @@ pub fn plan(
     }
     let hostname = c.hostname.clone().unwrap_or_else(|| svc.name.clone());
     b.push(format!("sethostname {hostname}"), Op::Hostname(cs(&hostname)));
-    if c.network == Network::None {
+    if c.network != Network::Host {
         b.push("set loopback up".into(), Op::LoopbackUp);
     }
     b.push(format!("switch root to {}", root.display()), Op::SwitchRoot(cpath(&root)));
