@@ -7,7 +7,7 @@
 //!   controllers for its children (the no-internal-processes rule of cgroup-v2.rst);
 //! - `BASE/services/NAME`: one group per service, created when it starts, removed when empty.
 //!
-//! Controllers (memory, cpu, pids, io, where the kernel offers them in this hierarchy) are
+//! Every controller the kernel offers in this hierarchy (memory, cpu, pids, io, ...) is
 //! enabled in `BASE` and `BASE/services` only, never in a group that holds processes.
 //! Every path is derived from the mount point given to [`Tree::setup`], so the unit tests run
 //! on plain directories.
@@ -23,9 +23,6 @@ use nix::unistd::Pid;
 
 /// Where the unified hierarchy is mounted at boot.
 pub const ROOT: &str = "/sys/fs/cgroup";
-
-/// Controllers brig enables for services when the kernel offers them.
-const CONTROLLERS: &[&str] = &["cpu", "io", "memory", "pids"];
 
 /// A failed cgroup operation: what, on which file (and the value written), and the errno.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,8 +123,10 @@ impl Tree {
         // Controllers for the services, on the ancestors only.
         let services = base.join("services");
         mkdir(&services)?;
+        // Every controller offered: memory, cpu, pids and io for the [limits] keys, the others
+        // for files passed through verbatim.
         let offered = fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
-        for c in CONTROLLERS.iter().filter(|c| offered.split_whitespace().any(|o| o == **c)) {
+        for c in offered.split_whitespace() {
             for dir in [&base, &services] {
                 if let Err(e) = write_file(&dir.join("cgroup.subtree_control"), &format!("+{c}")) {
                     warnings.push(e);
@@ -297,7 +296,7 @@ mod tests {
         assert_eq!(tree.base, base);
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(fs::read_to_string(base.join("brig/cgroup.procs")).unwrap(), "0");
-        // A plain file keeps the last write: the last controller offered of brig's list.
+        // A plain file keeps the last write: the last controller offered.
         assert_eq!(fs::read_to_string(base.join("cgroup.subtree_control")).unwrap(), "+pids");
         assert_eq!(
             fs::read_to_string(base.join("services/cgroup.subtree_control")).unwrap(),
