@@ -144,8 +144,19 @@ fn container_sees_itself_as_pid_1_with_its_own_hostname_and_only_its_own_mounts(
         echo net=$(/bin/busybox ls /sys/class/net); \
         echo cgroup=$(/bin/busybox cat /proc/self/cgroup); \
         echo sysrw=$(/bin/busybox touch /sys/x 2>&1 | /bin/busybox grep -c Read-only); \
+        echo rootrw=$(/bin/busybox touch /x 2>&1 | /bin/busybox grep -c Read-only); \
+        echo scratch=$(echo hi > /scratch/f && /bin/busybox df -k /scratch | /bin/busybox awk 'NR==2{print $2}'); \
+        echo shared=$(/bin/busybox cat /shared/hello; (echo bye > /shared/w) 2>&1 | /bin/busybox grep -c Read-only); \
         exec /bin/busybox sleep 1000";
-    let extra = "hostname = \"boxy\"\nnetwork = \"none\"\n";
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "from-host\n").unwrap();
+    let extra = format!(
+        "hostname = \"boxy\"\nnetwork = \"none\"\nread_only = true\nvolumes = [\
+         {{ target = \"/scratch\", tmpfs = \"1M\" }}, \
+         {{ target = \"/shared\", bind = \"{}\", read_only = true }}]\n",
+        shared.display()
+    );
     let svc = format!("{}{extra}", boxed("bb", script, ""));
     let (run, _cg) = boot(
         "identity",
@@ -166,7 +177,7 @@ fn container_sees_itself_as_pid_1_with_its_own_hostname_and_only_its_own_mounts(
     assert_eq!(points[0], "/", "{mounts}");
     for p in &points {
         assert!(
-            ["/", "/proc", "/sys", "/dev"]
+            ["/", "/proc", "/sys", "/dev", "/scratch", "/shared"]
                 .iter()
                 .any(|root| p == root || p.starts_with(&format!("{root}/"))),
             "unexpected mount {p} in {mounts}"
@@ -178,6 +189,10 @@ fn container_sees_itself_as_pid_1_with_its_own_hostname_and_only_its_own_mounts(
     let cgroup = run.log.lines().find_map(|l| l.split("]: cgroup=").nth(1)).unwrap();
     assert!(cgroup.split_whitespace().any(|c| c == "0::/"), "{cgroup}");
     run.assert_has("]: sysrw=1");
+    // read_only root, a sized tmpfs volume and a read-only bind volume.
+    run.assert_has("]: rootrw=1");
+    run.assert_has("]: scratch=1024");
+    run.assert_has("]: shared=from-host 1");
 }
 
 #[test]
@@ -247,7 +262,9 @@ fn capabilities_inside_match_the_toml() {
     let boxed_none = boxed("bb", show, "");
     let plain = "exec = [\"/bin/grep\", \"-E\", \"^(CapEff|CapBnd|CapAmb|NoNewPrivs)\", \"/proc/self/status\"]\n\
                  user = 65534\ngroup = 65534\ncapabilities = [\"CAP_NET_RAW\"]\nno_new_privs = true\n\
-                 type = \"oneshot\"\n";
+                 type = \"oneshot\"\n[rlimits]\nnofile = [100, 200]\n";
+    let limits = "exec = [\"/bin/sh\", \"-c\", \"echo nofile=$(ulimit -Sn)/$(ulimit -Hn)\"]\n\
+                  type = \"oneshot\"\n[rlimits]\nnofile = [100, 200]\n";
     let (run, _cg) = boot(
         "caps",
         &dir,
@@ -256,6 +273,7 @@ fn capabilities_inside_match_the_toml() {
             ("capbox", &format!("type = \"oneshot\"\n{boxed_caps}")),
             ("nocap", &format!("type = \"oneshot\"\n{boxed_none}")),
             ("plain", plain),
+            ("limits", limits),
             ("probe", &probe("1", "kill -USR2 1")),
         ],
         false,
@@ -281,6 +299,7 @@ fn capabilities_inside_match_the_toml() {
     assert!(plain.contains(&"CapEff: 0000000000002000".to_string()), "{plain:?}\n{}", run.log);
     assert!(plain.contains(&"CapAmb: 0000000000002000".to_string()), "{plain:?}");
     assert!(plain.contains(&"NoNewPrivs: 1".to_string()), "{plain:?}");
+    run.assert_has("]: nofile=100/200");
 }
 
 #[test]
