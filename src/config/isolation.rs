@@ -67,10 +67,10 @@ struct Bytes(String);
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = toml::Value::deserialize(d)?;
+        let v = Scalar::deserialize(d)?;
         let text = match &v {
-            toml::Value::Integer(i) if *i >= 0 => return Ok(Bytes(i.to_string())),
-            toml::Value::String(s) => s.trim().to_string(),
+            Scalar::Int(i) if *i >= 0 => return Ok(Bytes(i.to_string())),
+            Scalar::Str(s) => s.trim().to_string(),
             _ => String::new(),
         };
         parse_bytes(&text).map(Bytes).ok_or_else(|| {
@@ -151,9 +151,9 @@ struct Count(String);
 
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match toml::Value::deserialize(d)? {
-            toml::Value::Integer(n) if n >= 1 => Ok(Count(n.to_string())),
-            toml::Value::String(s) if s == "max" => Ok(Count(s)),
+        match Scalar::deserialize(d)? {
+            Scalar::Int(n) if n >= 1 => Ok(Count(n.to_string())),
+            Scalar::Str(s) if s == "max" => Ok(Count(s)),
             v => Err(de::Error::custom(format!(
                 "{} is not a process count (>= 1, or \"max\")",
                 show(&v)
@@ -182,15 +182,60 @@ impl<'de> Deserialize<'de> for RawFile {
     }
 }
 
-/// A TOML value as the operator wrote it, for error messages.
-fn show(v: &toml::Value) -> String {
+/// A number, a string or a list of them, as the operator wrote it. A stand-in for
+/// `toml::Value`, whose deserializer would add tens of KB to the binary.
+pub(super) enum Scalar {
+    Int(i64),
+    Str(String),
+    List(Vec<Scalar>),
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(i64::try_from(v).map_or(Scalar::Other("a huge number"), Scalar::Int))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other("a boolean"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Other("a fraction"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Scalar::List(items))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Scalar, A::Error> {
+                Ok(Scalar::Other("a table"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A value as the operator wrote it, for error messages.
+fn show(v: &Scalar) -> String {
     match v {
-        toml::Value::String(s) => format!("{s:?}"),
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        toml::Value::Array(a) => format!("[{}]", a.iter().map(show).collect::<Vec<_>>().join(", ")),
-        _ => "this value".into(),
+        Scalar::Str(s) => format!("{s:?}"),
+        Scalar::Int(i) => i.to_string(),
+        Scalar::List(a) => format!("[{}]", a.iter().map(show).collect::<Vec<_>>().join(", ")),
+        Scalar::Other(what) => (*what).to_string(),
     }
 }
 
@@ -288,10 +333,10 @@ const RLIMITS: &[(&str, i32)] = &[
 ];
 
 /// `[rlimits]`: `nofile = 1024` (soft and hard) or `nofile = [1024, 4096]`, or "infinity".
-pub(super) fn decode_rlimits(table: BTreeMap<String, toml::Value>) -> Result<Vec<Rlimit>, String> {
-    let one = |v: &toml::Value| match v {
-        toml::Value::Integer(n) if *n >= 0 => Some(*n as u64),
-        toml::Value::String(s) if s == "infinity" => Some(libc::RLIM_INFINITY),
+pub(super) fn decode_rlimits(table: BTreeMap<String, Scalar>) -> Result<Vec<Rlimit>, String> {
+    let one = |v: &Scalar| match v {
+        Scalar::Int(n) if *n >= 0 => Some(*n as u64),
+        Scalar::Str(s) if s == "infinity" => Some(libc::RLIM_INFINITY),
         _ => None,
     };
     let mut out = Vec::new();
@@ -301,7 +346,7 @@ pub(super) fn decode_rlimits(table: BTreeMap<String, toml::Value>) -> Result<Vec
             return Err(format!("rlimits: unknown limit {name:?} (one of {})", known.join(", ")));
         };
         let pair = match &value {
-            toml::Value::Array(a) if a.len() == 2 => one(&a[0]).zip(one(&a[1])),
+            Scalar::List(a) if a.len() == 2 => one(&a[0]).zip(one(&a[1])),
             v => one(v).map(|n| (n, n)),
         };
         match pair {

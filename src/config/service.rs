@@ -17,7 +17,7 @@ use serde::Deserialize as DeriveDeserialize;
 use toml::Spanned;
 
 use super::duration::Dur;
-use super::isolation::{decode_rlimits, Caps, ContainerFile, LimitsFile, Rlimit};
+use super::isolation::{decode_rlimits, Caps, ContainerFile, LimitsFile, Rlimit, Scalar};
 use super::isolation::{Container, Limits};
 
 /// How a service runs.
@@ -144,7 +144,7 @@ struct ServiceFile {
     capabilities: Option<Caps>,
     #[serde(default)]
     no_new_privs: bool,
-    rlimits: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    rlimits: Option<Spanned<BTreeMap<String, Scalar>>>,
     container: Option<ContainerFile>,
 }
 

@@ -40,9 +40,19 @@ impl Supervisor {
     pub(super) fn group_exit(&mut self, i: usize, exit: Exit) -> Option<Exit> {
         let unit = &mut self.units[i];
         let Some(group) = &unit.group else { return Some(exit) };
-        let exit = match (exit, group.oom_kills()) {
-            (Exit::Signal(Signal::SIGKILL), Some(n)) if n > unit.oom_kills => Exit::Oom,
-            _ => exit,
+        let oom_kills = group.oom_kills().unwrap_or(0).saturating_sub(unit.oom_kills);
+        let exit = match exit {
+            Exit::Signal(Signal::SIGKILL) if oom_kills > 0 => Exit::Oom,
+            _ => {
+                if oom_kills > 0 {
+                    // The OOM killer picked other processes of the service, not its main one.
+                    log::warn!(
+                        "service {}: {oom_kills} of its processes killed by OOM",
+                        unit.name()
+                    );
+                }
+                exit
+            }
         };
         // A oneshot that succeeded may leave daemons it started; they stay in its group
         // until the service is stopped.
