@@ -123,6 +123,13 @@ fn check(root: Option<&Path>, config_dir: Option<&Path>) -> i32 {
                 }
                 None => root.to_path_buf(),
             };
+            // A squashfs image cannot be looked into without mounting it.
+            if svc.container.is_some()
+                && !base.is_dir()
+                && base.with_extension("squashfs").is_file()
+            {
+                continue;
+            }
             if let Some(why) = program_problem(&base, &svc.exec[0]) {
                 problems.push(format!(
                     "{}: exec: {} {why} under {}",

@@ -442,3 +442,31 @@ fn bridge_network_gives_eth0_an_address_behind_a_host_bridge() {
     run.assert_has("]: gateway=reached");
     run.assert_has("]: ports=vb-web@");
 }
+
+#[test]
+fn squashfs_image_is_mounted_read_only_under_a_writable_upper() {
+    let dir = tmp("squashfs");
+    let tree = busybox_image(&dir, "tree");
+    std::fs::write(tree.join("etc/release"), "squashed\n").unwrap();
+    let status = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(dir.join("images/sq.squashfs"))
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .expect("mksquashfs (Debian's squashfs-tools) is needed for this test");
+    assert!(status.success());
+    std::fs::remove_dir_all(&tree).unwrap();
+    let script =
+        "echo release=$(/bin/busybox cat /etc/release); echo x > /written && echo wrote=yes; \
+                  exec /bin/busybox sleep 1000";
+    let (run, _cg) = boot(
+        "squashfs",
+        &dir,
+        "",
+        &[("sq", &boxed("sq", script, "")), ("probe", &probe("1", "kill -USR2 1"))],
+        false,
+    );
+    run.assert_has("]: release=squashed");
+    run.assert_has("]: wrote=yes");
+    run.assert_has("service sq: stopped");
+}

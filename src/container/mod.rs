@@ -21,7 +21,8 @@
 pub mod net;
 pub mod rootfs;
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -76,6 +77,12 @@ pub enum Op {
     LoopbackUp,
     /// chdir into the new root and switch to it (pivot_root, or move-mount + chroot).
     SwitchRoot(CString),
+    /// Attach the squashfs image `image_fd` to a free loop device, read-only and cleared
+    /// when unmounted, and mount it on `target`.
+    LoopMount {
+        image_fd: i32,
+        target: CString,
+    },
     /// An rtnetlink request: on the host's netlink socket (`host`), or on one of the
     /// container's own network namespace; `ignore`: an errno that is fine.
     Netlink {
@@ -99,6 +106,8 @@ pub struct Plan {
     pub labels: Vec<String>,
     /// Host-side descriptors of bridge networking, kept open until the clone.
     pub host_fds: Option<net::HostFds>,
+    /// A squashfs image, opened for the child to attach to a loop device.
+    pub image_fd: Option<OwnedFd>,
     /// Namespaces for clone3 (CLONE_NEW*), without CLONE_NEWCGROUP: the child enters that
     /// one itself once it is in its own cgroup, so the namespace is rooted there.
     pub clone_flags: u64,
@@ -139,15 +148,7 @@ pub fn image_dir(paths: &Paths, image: &str) -> PathBuf {
 /// then builds the plan. Allocates freely: it runs in PID 1 before clone.
 pub fn prepare(svc: &Service, paths: &Paths) -> Result<Option<Plan>, PrepareError> {
     let Some(c) = &svc.container else { return Ok(None) };
-    let image = image_dir(paths, &c.image);
-    let meta = std::fs::metadata(&image).map_err(io_err("open image", &image))?;
-    if !meta.is_dir() {
-        return Err(PrepareError { op: "open image", path: image, errno: Errno::ENOTDIR });
-    }
-    // overlayfs splits its options at ',' and ':'.
-    if image.as_os_str().as_bytes().iter().any(|b| b",:".contains(b)) {
-        return Err(PrepareError { op: "use image path", path: image, errno: Errno::EINVAL });
-    }
+    let (image, image_fd) = locate_image(paths, &c.image)?;
     let run = paths.run.join(&svc.name);
     std::fs::create_dir_all(&run).map_err(io_err("mkdir", &run))?;
     let layer = match c.upper {
@@ -169,7 +170,12 @@ pub fn prepare(svc: &Service, paths: &Paths) -> Result<Option<Plan>, PrepareErro
         }
     };
     let layer = layer.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
-    let mut plan = rootfs::plan(svc, c, &image, &run, layer);
+    let lower = match &image_fd {
+        Some(fd) => rootfs::Lower::Squashfs(fd.as_raw_fd()),
+        None => rootfs::Lower::Dir(&image),
+    };
+    let mut plan = rootfs::plan(svc, c, lower, &run, layer);
+    plan.image_fd = image_fd;
     if let Some(b) = &c.bridge {
         let (fds, ops) = net::prepare(&svc.name, b)?;
         // Just before the root switch, after `lo` is up.
@@ -181,6 +187,31 @@ pub fn prepare(svc: &Service, paths: &Paths) -> Result<Option<Plan>, PrepareErro
         plan.host_fds = Some(fds);
     }
     Ok(Some(plan))
+}
+
+/// Finds the image: the directory `IMAGE_STORE/NAME` (or the absolute path given), else the
+/// squashfs file `IMAGE_STORE/NAME.squashfs` (or an absolute path to a file), which is opened
+/// here for the child to attach to a loop device.
+fn locate_image(paths: &Paths, name: &str) -> Result<(PathBuf, Option<OwnedFd>), PrepareError> {
+    let dir = image_dir(paths, name);
+    let file = if name.starts_with('/') {
+        dir.clone()
+    } else {
+        paths.image_store.join(format!("{name}.squashfs"))
+    };
+    if std::fs::metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        // overlayfs splits its options at ',' and ':'.
+        if dir.as_os_str().as_bytes().iter().any(|b| b",:".contains(b)) {
+            return Err(PrepareError { op: "use image path", path: dir, errno: Errno::EINVAL });
+        }
+        return Ok((dir, None));
+    }
+    match std::fs::File::open(&file) {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Ok((file, Some(OwnedFd::from(f)))),
+        Ok(_) => Err(PrepareError { op: "open image", path: dir, errno: Errno::ENOTDIR }),
+        // Name the directory: the usual form of an image.
+        Err(e) => Err(io_err("open image", &dir)(e)),
+    }
 }
 
 /// Clone flags for a container's namespaces.
@@ -297,6 +328,7 @@ fn run_op(op: &Op, own_netlink: &mut Option<i32>) -> Result<Option<Switch>, Errn
             Ok(None)
         }
         Op::LoopbackUp => loopback_up().map(|()| None),
+        Op::LoopMount { image_fd, target } => loop_mount(*image_fd, target).map(|()| None),
         Op::SwitchRoot(root) => switch_root(root).map(Some),
     }
 }
@@ -323,6 +355,95 @@ fn switch_root(root: &CString) -> Result<Switch, Errno> {
     Ok(Switch::MoveChroot)
 }
 
+/// linux/loop.h
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// struct loop_config of linux/loop.h (Linux 5.8), with its struct loop_info64.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+    reserved: [u64; 8],
+}
+
+/// Attaches `image_fd` to a free loop device and mounts its squashfs read-only on `target`.
+/// Another process may take the free device first (EBUSY): then the next one is tried.
+fn loop_mount(image_fd: i32, target: &CString) -> Result<(), Errno> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDWR | OFlag::O_CLOEXEC;
+    let ctl = nix::fcntl::open(c"/dev/loop-control", flags, nix::sys::stat::Mode::empty())?;
+    let mut result = Err(Errno::EBUSY);
+    for _ in 0..8 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(ctl, LOOP_CTL_GET_FREE as _) };
+        if n < 0 {
+            result = Err(Errno::last());
+            break;
+        }
+        let mut path = [0u8; 32];
+        let len = loop_path(n as u32, &mut path);
+        let dev = CStr::from_bytes_with_nul(&path[..=len]).map_err(|_| Errno::EINVAL)?;
+        let fd = nix::fcntl::open(dev, flags, nix::sys::stat::Mode::empty())?;
+        // SAFETY: LoopConfig is plain data; all-zero is a valid value.
+        let mut config: LoopConfig = unsafe { std::mem::zeroed() };
+        config.fd = image_fd as u32;
+        config.flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        // SAFETY: LOOP_CONFIGURE reads a struct loop_config that lives for the call.
+        let rc = unsafe { libc::ioctl(fd, LOOP_CONFIGURE as _, &config as *const LoopConfig) };
+        let errno = Errno::last();
+        if rc == 0 {
+            let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+            result =
+                nix::mount::mount(Some(dev), target.as_c_str(), Some("squashfs"), ro, None::<&str>);
+            let _ = nix::unistd::close(fd);
+            break;
+        }
+        let _ = nix::unistd::close(fd);
+        result = Err(errno);
+        if errno != Errno::EBUSY {
+            break;
+        }
+    }
+    let _ = nix::unistd::close(ctl);
+    result
+}
+
+/// Writes `/dev/loopN` and a NUL into `buf` without allocating; returns the NUL's index.
+fn loop_path(n: u32, buf: &mut [u8; 32]) -> usize {
+    let prefix = b"/dev/loop";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let (mut i, mut v) = (digits.len(), n);
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let end = prefix.len() + digits.len() - i;
+    buf[prefix.len()..end].copy_from_slice(&digits[i..]);
+    buf[end] = 0;
+    end
+}
+
 /// Sets `lo` up in a fresh network namespace (it starts down).
 fn loopback_up() -> Result<(), Errno> {
     // SAFETY: socket(2) with constant arguments.
@@ -341,6 +462,25 @@ fn loopback_up() -> Result<(), Errno> {
     let result = if rc == 0 { Ok(()) } else { Err(Errno::last()) };
     let _ = nix::unistd::close(fd);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_device_paths_are_written_without_allocating() {
+        let mut buf = [0u8; 32];
+        let end = loop_path(0, &mut buf);
+        assert_eq!(&buf[..=end], b"/dev/loop0\0");
+        let end = loop_path(4_294_967_295, &mut buf);
+        assert_eq!(&buf[..=end], b"/dev/loop4294967295\0");
+    }
+
+    #[test]
+    fn loop_config_has_the_kernel_layout() {
+        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
+    }
 }
 
 /// The log text for a failed operation index from [`enter`].

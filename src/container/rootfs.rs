@@ -102,12 +102,19 @@ impl Builder {
     }
 }
 
-/// Builds the plan for container `c` of `svc`: image at `image`, staging under `run`,
+/// The read-only base of the root.
+pub enum Lower<'a> {
+    Dir(&'a Path),
+    /// A squashfs image, open in PID 1 under this descriptor.
+    Squashfs(i32),
+}
+
+/// Builds the plan for container `c` of `svc`: image `lower`, staging under `run`,
 /// persistent `(upper, work)` when the upper layer is kept.
 pub fn plan(
     svc: &Service,
     c: &Container,
-    image: &Path,
+    lower: Lower,
     run: &Path,
     layer: Option<(&Path, &Path)>,
 ) -> Plan {
@@ -123,6 +130,19 @@ pub fn plan(
             b.mkdir(&run.join("upper"));
             b.mkdir(&run.join("work"));
             (run.join("upper"), run.join("work"))
+        }
+    };
+    let image = match lower {
+        Lower::Dir(dir) => dir.to_path_buf(),
+        Lower::Squashfs(image_fd) => {
+            let target = run.join("image");
+            b.mkdir(&target);
+            let label = format!(
+                "attach the squashfs image to a loop device, mount on {}",
+                target.display()
+            );
+            b.push(label, Op::LoopMount { image_fd, target: cpath(&target) });
+            target
         }
     };
     b.mkdir(&root);
@@ -237,7 +257,13 @@ mod tests {
         let text = format!("exec = [\"/bin/sh\"]\n[container]\nimage = \"web\"\n{extra}");
         let svc = parse("web", "web.toml".into(), &text).unwrap().0;
         let c = svc.container.clone().unwrap();
-        plan(&svc, &c, Path::new("/images/web"), Path::new("/run/brig/containers/web"), layer)
+        plan(
+            &svc,
+            &c,
+            Lower::Dir(Path::new("/images/web")),
+            Path::new("/run/brig/containers/web"),
+            layer,
+        )
     }
 
     fn position(p: &Plan, label: &str) -> usize {
