@@ -464,6 +464,19 @@ fn loopback_up() -> Result<(), Errno> {
     result
 }
 
+/// The log text for a failed operation index from [`enter`].
+pub fn describe_failure(labels: &[String], index: u32) -> String {
+    match index {
+        UNSHARE_CGROUP => "unshare cgroup namespace".into(),
+        MAKE_SLAVE => "make / a recursive slave mount".into(),
+        i => labels.get(i as usize).cloned().unwrap_or_else(|| format!("container setup step {i}")),
+    }
+}
+
+/// Failure indexes of the steps before the plan.
+const UNSHARE_CGROUP: u32 = u32::MAX;
+const MAKE_SLAVE: u32 = u32::MAX - 1;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,16 +495,3 @@ mod tests {
         assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
     }
 }
-
-/// The log text for a failed operation index from [`enter`].
-pub fn describe_failure(labels: &[String], index: u32) -> String {
-    match index {
-        UNSHARE_CGROUP => "unshare cgroup namespace".into(),
-        MAKE_SLAVE => "make / a recursive slave mount".into(),
-        i => labels.get(i as usize).cloned().unwrap_or_else(|| format!("container setup step {i}")),
-    }
-}
-
-/// Failure indexes of the steps before the plan.
-const UNSHARE_CGROUP: u32 = u32::MAX;
-const MAKE_SLAVE: u32 = u32::MAX - 1;
