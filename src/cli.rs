@@ -54,9 +54,16 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 fn usage_error(message: &str) -> i32 {
+    if message == HELP {
+        println!("{}", usage());
+        return 0;
+    }
     eprintln!("brig: {message}\n\n{}", usage());
     2
 }
+
+/// What option parsing returns for `--help`: not an error, the usage is wanted.
+const HELP: &str = "help requested";
 
 fn usage() -> String {
     format!(
@@ -80,7 +87,11 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         if arg == "--help" || arg == "-h" {
-            return Err("help requested".into());
+            return Err(HELP.into());
+        }
+        let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
+        if !allowed.contains(&name) {
+            return Err(format!("unknown option {name:?}"));
         }
         let (name, value) = match arg.split_once('=') {
             Some((n, v)) => (n.to_string(), v.to_string()),
@@ -89,9 +100,6 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
                 (arg.clone(), value.clone())
             }
         };
-        if !allowed.contains(&name.as_str()) {
-            return Err(format!("unknown option {name:?}"));
-        }
         out.push((name, value));
     }
     Ok(Options(out))

@@ -11,7 +11,9 @@ mod container;
 mod control;
 mod log;
 mod shutdown;
+mod storage;
 mod supervisor;
+mod watchdog;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,103 +1,15 @@
-//! Privileged tests: brig as PID 1 of throwaway namespaces (pid, mount, uts, ipc, net).
-//!
-//! Each test writes a config under the cargo target directory (brig mounts a fresh /tmp in its
-//! namespace), starts `unshare ... brig init --config DIR`, and reads brig's log from stderr.
-//! The services of the test drive it, for example by signalling PID 1 when they are done. The
-//! namespaces end when brig calls reboot(2), so nothing outlives a test and the host's own
-//! mounts and processes are never touched. These tests need root; they fail, not skip, without.
+//! Privileged tests: brig as PID 1 of throwaway namespaces (pid, mount, uts, ipc, net):
+//! boot, reaping, exec errors, crash loops, broken config, signals and shutdown.
 
 // Test code: a failed step should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct Run {
-    log: String,
-    signal: Option<i32>,
-    elapsed: Duration,
-}
-
-impl Run {
-    fn has(&self, needle: &str) -> bool {
-        self.log.contains(needle)
-    }
-
-    fn assert_has(&self, needle: &str) {
-        assert!(self.has(needle), "missing {needle:?} in brig's log:\n{}", self.log);
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log.matches(needle).count()
-    }
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "namespace tests need root (unshare of pid/mount/uts namespaces)");
-}
-
-/// Boots brig in new namespaces with the given system.toml and services, and waits for the
-/// namespace to end (or `limit` to pass, which fails the test).
-fn boot(test: &str, system: &str, services: &[(&str, &str)], limit: Duration) -> Run {
-    require_root();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ns-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("services")).unwrap();
-    std::fs::write(dir.join("system.toml"), system).unwrap();
-    for (name, text) in services {
-        std::fs::write(dir.join("services").join(format!("{name}.toml")), text).unwrap();
-    }
-    // Its own cgroup, so that brig's groups never meet another test's (or the host's).
-    let cgroup = common::TestCgroup::new(test);
-    let config = dir.to_str().unwrap();
-    let brig = cgroup.wrap(&[env!("CARGO_BIN_EXE_brig"), "init", "--config", config], false);
-    let start = Instant::now();
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--propagation", "private"])
-        .arg("--")
-        .args(&brig)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run unshare");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = reader.join().unwrap();
-            panic!("namespace did not end within {limit:?}; brig's log:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = start.elapsed();
-    let log = reader.join().unwrap();
-    Run { log, signal: status.signal(), elapsed }
-}
-
-/// A service that waits until the others had time to act, then runs `script`.
-fn probe(delay: &str, script: &str) -> String {
-    format!(
-        "exec = [\"/bin/sh\", \"-c\", \"sleep {delay}; {}\"]\ntype = \"oneshot\"\n",
-        script.replace('\\', "\\\\").replace('"', "\\\"")
-    )
-}
+use common::{boot, probe};
 
 /// Counts zombies in /proc of the namespace and prints the figure, then asks for poweroff.
 const COUNT_ZOMBIES: &str = "z=0; for s in /proc/[0-9]*/stat; do \
@@ -292,4 +204,47 @@ fn shutdown_does_not_wait_out_the_grace_period_when_nothing_is_left() {
     run.assert_has("shutdown: sending SIGTERM to remaining processes");
     assert!(!run.has("processes left after"), "{}", run.log);
     assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
+}
+
+/// Counts processes whose command line is exactly `args` (NUL-separated in /proc).
+const COUNT_CMDLINE: &str = "count() { n=0; for f in /proc/[0-9]*/cmdline; do \
+     [ \"$(tr '\\0' ' ' < $f 2>/dev/null)\" = \"$1 \" ] && n=$((n+1)); done; echo $n; }";
+
+#[test]
+fn killing_the_main_process_takes_its_children_along() {
+    // Regression: the old instance's child kept running beside the restarted one.
+    let tree = "exec = [\"/bin/sh\", \"-c\", \"sleep 1000 & exec sleep 1001\"]\n\
+                restart_delay = \"100ms\"\n";
+    let script = format!(
+        "{COUNT_CMDLINE}; for f in /proc/[0-9]*/cmdline; do \
+         [ \"$(tr '\\0' ' ' < $f)\" = \"sleep 1001 \" ] && p=${{f#/proc/}} && kill -9 ${{p%/cmdline}}; \
+         done; sleep 1; echo children=$(count 'sleep 1000') mains=$(count 'sleep 1001'); kill -USR2 1"
+    );
+    let run = boot(
+        "group-kill",
+        "",
+        &[("tree", tree), ("probe", &probe("0.5", &script))],
+        Duration::from_secs(20),
+    );
+    run.assert_has("service tree: killed by signal SIGKILL");
+    run.assert_has("]: children=1 mains=1");
+}
+
+#[test]
+fn system_ready_waits_for_running_oneshots() {
+    // Regression: a oneshot counted as settled as soon as its exec succeeded.
+    let slow = "exec = [\"/bin/sleep\", \"0.5\"]\ntype = \"oneshot\"\n";
+    let run = boot(
+        "ready-oneshot",
+        "",
+        &[
+            ("slow", slow),
+            ("web", "exec = [\"/bin/sleep\", \"1000\"]\n"),
+            ("probe", &probe("1", "kill -USR2 1")),
+        ],
+        Duration::from_secs(20),
+    );
+    run.assert_has("system ready: 2 running, 1 done, 0 not started");
+    let ready = run.log.find("system ready").unwrap();
+    assert!(run.log.find("service slow: done").unwrap() < ready, "{}", run.log);
 }

@@ -11,6 +11,10 @@ pub struct Options {
     pub debug: bool,
     /// `brig.config=DIR`: read the configuration from DIR instead of /etc/brig.
     pub config: Option<PathBuf>,
+    /// `brig.rescue`: start a shell on the console besides the services.
+    pub rescue: bool,
+    /// `brig.factory_reset`: discard the writable layer before using it.
+    pub factory_reset: bool,
 }
 
 pub fn parse(cmdline: &str) -> Options {
@@ -20,6 +24,8 @@ pub fn parse(cmdline: &str) -> Options {
             None if word == "brig.debug" => opts.debug = true,
             Some(("brig.debug", v)) => opts.debug = !matches!(v, "0" | "off" | "no"),
             Some(("brig.config", v)) if !v.is_empty() => opts.config = Some(PathBuf::from(v)),
+            None if word == "brig.rescue" => opts.rescue = true,
+            None if word == "brig.factory_reset" => opts.factory_reset = true,
             _ => {}
         }
     }
@@ -55,7 +61,12 @@ mod tests {
     #[test]
     fn brig_options_are_found_among_others() {
         let o = parse("console=ttyS0 brig.debug root=/dev/vda brig.config=/data/brig\n");
-        assert_eq!(o, Options { debug: true, config: Some("/data/brig".into()) });
+        assert_eq!(
+            o,
+            Options { debug: true, config: Some("/data/brig".into()), ..Options::default() }
+        );
+        let o = parse("brig.rescue brig.factory_reset");
+        assert!(o.rescue && o.factory_reset);
     }
 
     #[test]

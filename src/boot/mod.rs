@@ -7,6 +7,9 @@
 //! an exiting PID 1 is a kernel panic.
 
 mod cmdline;
+mod fatal;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod modules;
 pub mod mounts;
 
@@ -20,6 +23,7 @@ use nix::sys::signal::{sigprocmask, SigmaskHow};
 
 use crate::config::{self, DEFAULT_DIR};
 use crate::shutdown;
+use crate::storage;
 use crate::supervisor::{self, Supervisor};
 
 /// How brig was started, which decides how much of the host it takes over.
@@ -35,6 +39,9 @@ pub enum Mode {
     Manual { config: Option<PathBuf>, socket: Option<PathBuf> },
 }
 
+/// Where brig keeps the state it writes: the last-known-good configuration, boot counter.
+pub const STATE_DIR: &str = "/var/lib/brig";
+
 /// Boots and supervises until shutdown. Never returns.
 pub fn run(mode: Mode) -> ! {
     let pid1 = std::process::id() == 1;
@@ -43,6 +50,8 @@ pub fn run(mode: Mode) -> ! {
     if kernel {
         // Logging first: messages wait in memory until /dev/kmsg exists.
         crate::log::init_system(log::LevelFilter::Info);
+        fatal::install_hook();
+        fatal::install_crash_handler();
         bring_up_host();
         let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         opts = cmdline::parse(&text);
@@ -59,19 +68,9 @@ pub fn run(mode: Mode) -> ! {
     };
     let socket = socket.unwrap_or_else(|| PathBuf::from(crate::control::protocol::SOCKET_PATH));
     let dir = config.or(opts.config.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+    let mut notes = Vec::new();
 
-    let tree = config::load(&dir);
-    let level = if opts.debug { log::LevelFilter::Debug } else { tree.system.log_level.filter() };
-    crate::log::set_level(level);
-    for d in &tree.diagnostics {
-        log::error!("config: {d}");
-    }
-    log::info!(
-        "config {}: {} services, {} broken",
-        dir.display(),
-        tree.services.len(),
-        tree.broken.len()
-    );
+    let mut tree = load_config(&dir, kernel, opts.debug, &mut notes);
 
     if pid1 {
         set_hostname(&tree.system.hostname);
@@ -79,10 +78,35 @@ pub fn run(mode: Mode) -> ! {
     if kernel {
         modules::load_all(&tree.system.modules, &modules::modules_dir(), Path::new("/sys/module"));
     }
+
+    // From the initramfs into the merged root (first stage), or notes of that (second).
+    if kernel {
+        if let Some(cfg) = tree.system.storage.clone() {
+            if storage::root_is_overlay(Path::new("/")) {
+                notes.extend(storage::read_notes());
+            } else {
+                notes.extend(switch_root(&cfg, opts.factory_reset));
+                tree = load_config(&dir, kernel, opts.debug, &mut notes);
+            }
+        }
+        fatal::set_policy(tree.system.boot.on_fatal);
+        count_boot(&mut notes);
+    }
     prepare_signals(pid1, kernel);
 
+    let watchdog = if kernel { open_watchdog(&tree) } else { None };
+    let rescue = opts.rescue.then(|| tree.system.boot.rescue_shell.clone());
+    let setup = supervisor::Setup {
+        owns_system: pid1,
+        persistent_state: kernel,
+        config_dir: dir,
+        socket: Some(socket),
+        notes,
+        watchdog,
+        rescue,
+    };
     let cgroups = if pid1 { setup_cgroups() } else { None };
-    let action = match Supervisor::new(tree, pid1, dir, Some(&socket)) {
+    let action = match Supervisor::new(tree, setup) {
         Ok(mut sup) => {
             if let Some(tree) = cgroups {
                 sup.set_cgroups(tree);
@@ -125,6 +149,91 @@ fn setup_cgroups() -> Option<crate::cgroup::Tree> {
         }
         Err(e) => {
             log::warn!("cgroup: {e}; services run without cgroups or limits");
+            None
+        }
+    }
+}
+
+/// Loads the configuration. When it has errors and a last-known-good copy exists (and is
+/// itself clean), the system boots that copy instead: a bad update must not brick a device.
+fn load_config(dir: &Path, kernel: bool, debug: bool, notes: &mut Vec<String>) -> config::Tree {
+    let mut tree = config::load(dir);
+    for d in &tree.diagnostics {
+        log::error!("config: {d}");
+    }
+    let good = Path::new(STATE_DIR).join("last-good");
+    if kernel && !tree.diagnostics.is_empty() && good.is_dir() {
+        let fallback = config::load(&good);
+        if fallback.diagnostics.is_empty() {
+            let note = format!(
+                "{} has {} errors: booted the last-known-good configuration from {}",
+                dir.display(),
+                tree.diagnostics.len(),
+                good.display()
+            );
+            log::warn!("config: {note}");
+            notes.push(note);
+            tree = fallback;
+        }
+    }
+    let level = if debug { log::LevelFilter::Debug } else { tree.system.log_level.filter() };
+    crate::log::set_level(level);
+    log::info!(
+        "config {}: {} services, {} broken",
+        dir.display(),
+        tree.services.len(),
+        tree.broken.len()
+    );
+    tree
+}
+
+/// Switches into the merged root and re-executes init there. Returns notes when the switch
+/// failed or init could not be re-executed; boot then goes on where it is.
+fn switch_root(cfg: &config::system::Storage, factory_reset: bool) -> Vec<String> {
+    match storage::switch_root(cfg, factory_reset) {
+        Ok(notes) => {
+            if !notes.is_empty() {
+                let text = notes.join("\n") + "\n";
+                let _ = std::fs::create_dir_all("/run/brig");
+                if let Err(e) = storage::write_atomic(Path::new(storage::NOTES), text.as_bytes()) {
+                    log::warn!("storage: {e}");
+                }
+            }
+            log::info!("storage: switched into the merged root; re-executing /sbin/init");
+            let errno = storage::reexec_init();
+            log::error!("exec /sbin/init: {} ({errno:?}); going on in this process", errno.desc());
+            notes
+        }
+        Err(e) => {
+            let note = format!("storage: {e}; running from the initramfs, changes are not kept");
+            log::error!("{note}");
+            vec![note]
+        }
+    }
+}
+
+/// Counts boots since the last good one, in a file written atomically.
+fn count_boot(notes: &mut Vec<String>) {
+    let path = Path::new(STATE_DIR).join("boots-since-good");
+    let count =
+        std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u64>().ok()).unwrap_or(0)
+            + 1;
+    let written = std::fs::create_dir_all(STATE_DIR).map_err(|e| e.to_string()).and_then(|()| {
+        storage::write_atomic(&path, format!("{count}\n").as_bytes()).map_err(|e| e.to_string())
+    });
+    match written {
+        Ok(()) if count > 1 => notes.push(format!("{count} boots since the last good boot")),
+        Ok(()) => {}
+        Err(e) => log::warn!("boot counter: {e}"),
+    }
+}
+
+fn open_watchdog(tree: &config::Tree) -> Option<crate::watchdog::Watchdog> {
+    let cfg = tree.system.watchdog.as_ref()?;
+    match crate::watchdog::Watchdog::open(&cfg.device, cfg.timeout, cfg.interval, cfg.magic_close) {
+        Ok(dog) => Some(dog),
+        Err(e) => {
+            log::error!("watchdog: {e}; running without it");
             None
         }
     }

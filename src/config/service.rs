@@ -89,6 +89,8 @@ pub struct Service {
     pub rlimits: Vec<Rlimit>,
     /// Run in its own namespaces over an image, when set.
     pub container: Option<Container>,
+    /// The boot is good only once this service is up; its failure for good reboots.
+    pub critical: bool,
 }
 
 impl Service {
@@ -146,6 +148,8 @@ struct ServiceFile {
     no_new_privs: bool,
     rlimits: Option<Spanned<BTreeMap<String, Scalar>>>,
     container: Option<ContainerFile>,
+    #[serde(default)]
+    critical: bool,
 }
 
 /// A string that can become a C string.
@@ -185,6 +189,35 @@ pub fn parse(
     text: &str,
 ) -> Result<(Service, DependencySpans), FileError> {
     let raw: ServiceFile = toml::from_str(text)?;
+    build(name, file, raw)
+}
+
+/// A service brig makes up itself (the rescue shell, the boot-is-good command), with the same
+/// defaults as a file would get.
+pub fn synthetic(
+    name: &str,
+    exec: &[String],
+    kind: Kind,
+    console: bool,
+) -> Result<Service, FileError> {
+    use toml::Value;
+    let mut table = toml::Table::new();
+    table.insert("exec".into(), Value::Array(exec.iter().cloned().map(Value::String).collect()));
+    let kind = match kind {
+        Kind::Simple => "simple",
+        Kind::Oneshot => "oneshot",
+    };
+    table.insert("type".into(), Value::String(kind.into()));
+    table.insert("console".into(), Value::Boolean(console));
+    let raw: ServiceFile = table.try_into()?;
+    build(name, PathBuf::from(format!("(built-in {name})")), raw).map(|(svc, _)| svc)
+}
+
+fn build(
+    name: &str,
+    file: PathBuf,
+    raw: ServiceFile,
+) -> Result<(Service, DependencySpans), FileError> {
     let mut spans = DependencySpans::default();
     let requires = names_once(&raw.requires, "requires", &mut spans)?;
     let after = names_once(&raw.after, "after", &mut spans)?;
@@ -253,6 +286,7 @@ pub fn parse(
         no_new_privs: raw.no_new_privs,
         rlimits,
         container,
+        critical: raw.critical,
     };
     Ok((service, spans))
 }

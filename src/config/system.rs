@@ -1,4 +1,5 @@
-//! `system.toml`: the settings of the host itself (hostname, modules, log level, shutdown grace).
+//! `system.toml`: the settings of the host itself: hostname, modules, logging, shutdown, and
+//! the appliance sections `[watchdog]`, `[storage]` and `[boot]`.
 //!
 //! Every key has a default, so a missing, empty or broken `system.toml` still boots.
 
@@ -49,6 +50,74 @@ pub struct System {
     pub image_store: PathBuf,
     /// Where persistent container layers live (on the data partition).
     pub container_state: PathBuf,
+    pub watchdog: Option<Watchdog>,
+    pub storage: Option<Storage>,
+    pub boot: Boot,
+}
+
+/// `[watchdog]`: the hardware watchdog PID 1 kicks from its main loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watchdog {
+    pub device: PathBuf,
+    pub timeout: Duration,
+    /// Between kicks; a third of the timeout when not given.
+    pub interval: Option<Duration>,
+    /// Disarm with the magic 'V' when brig lets go of the device (handing it over).
+    pub magic_close: bool,
+}
+
+/// `[storage]`: the OpenWrt-style root, a read-only base plus a writable upper on a data
+/// partition, merged with overlayfs and switched into from the initramfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    /// Block device or image file holding the base; None: the initramfs is the base.
+    pub base: Option<PathBuf>,
+    pub base_fstype: String,
+    /// Block device of the data partition.
+    pub data: PathBuf,
+    pub data_fstype: String,
+    pub data_options: String,
+    /// Run `format_command DEVICE` when the data partition has no filesystem.
+    pub format: bool,
+    pub format_command: Vec<String>,
+    /// How long to wait for the devices to appear after their drivers loaded.
+    pub device_wait: Duration,
+}
+
+/// What a fatal internal error in PID 1 does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFatal {
+    /// Log it, sync and reboot: the appliance comes back in a known state.
+    Reboot,
+    /// Log it and keep reaping children forever: the services keep running unsupervised.
+    Reap,
+}
+
+/// `[boot]`: when a boot counts as good, and what a bad one does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    /// All `critical` services up this long: the boot is good.
+    pub good_after: Duration,
+    /// Run once the boot is good (reset a bootloader counter, mark an A/B slot good).
+    pub good_command: Vec<String>,
+    /// Reboot when a critical service fails for good, so the bootloader can fall back.
+    pub reboot_on_critical_failure: bool,
+    pub on_fatal: OnFatal,
+    /// The shell started on the console for `brig.rescue`, or when nothing could be started.
+    pub rescue_shell: Vec<String>,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Boot {
+            good_after: Duration::from_secs(30),
+            good_command: Vec::new(),
+            reboot_on_critical_failure: true,
+            on_fatal: OnFatal::Reboot,
+            rescue_shell: vec!["/bin/sh".into()],
+        }
+    }
 }
 
 impl Default for System {
@@ -61,6 +130,9 @@ impl Default for System {
             log_buffer: 16 * 1024,
             image_store: PathBuf::from("/var/lib/brig/images"),
             container_state: PathBuf::from("/var/lib/brig/containers"),
+            watchdog: None,
+            storage: None,
+            boot: Boot::default(),
         }
     }
 }
@@ -75,6 +147,59 @@ struct SystemFile {
     log_buffer: Option<Spanned<usize>>,
     image_store: Option<Spanned<String>>,
     container_state: Option<Spanned<String>>,
+    watchdog: Option<WatchdogFile>,
+    storage: Option<StorageFile>,
+    boot: Option<BootFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchdogFile {
+    device: String,
+    timeout: Option<Dur>,
+    interval: Option<Dur>,
+    #[serde(default)]
+    magic_close: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    base: Option<String>,
+    base_fstype: Option<String>,
+    data: String,
+    data_fstype: Option<String>,
+    data_options: Option<String>,
+    #[serde(default)]
+    format: bool,
+    format_command: Option<Vec<String>>,
+    device_wait: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootFile {
+    good_after: Option<Dur>,
+    good_command: Option<Spanned<Vec<String>>>,
+    reboot_on_critical_failure: Option<bool>,
+    on_fatal: Option<OnFatal>,
+    rescue_shell: Option<Spanned<Vec<String>>>,
+}
+
+/// A command given as an argv array: empty, or starting with an absolute path.
+fn command(
+    value: Option<Spanned<Vec<String>>>,
+    key: &str,
+    default: Vec<String>,
+) -> Result<Vec<String>, FileError> {
+    let Some(value) = value else { return Ok(default) };
+    match value.get_ref().first() {
+        Some(p) if !p.starts_with('/') => Err(FileError {
+            span: Some(value.span()),
+            message: format!("{key}: program {p:?} must be an absolute path"),
+        }),
+        _ => Ok(value.into_inner()),
+    }
 }
 
 /// Parses the text of `system.toml`; the error is toml's, with its span.
@@ -99,6 +224,39 @@ pub fn parse(text: &str) -> Result<System, FileError> {
         Some(p) => Ok(PathBuf::from(p.into_inner())),
         None => Ok(default),
     };
+    let watchdog = file.watchdog.map(|w| Watchdog {
+        device: PathBuf::from(w.device),
+        timeout: w.timeout.map_or(Duration::from_secs(30), |d| d.0),
+        interval: w.interval.map(|d| d.0),
+        magic_close: w.magic_close,
+    });
+    let storage = file.storage.map(|st| Storage {
+        base: st.base.map(PathBuf::from),
+        base_fstype: st.base_fstype.unwrap_or_else(|| "squashfs".into()),
+        data: PathBuf::from(st.data),
+        data_fstype: st.data_fstype.unwrap_or_else(|| "ext4".into()),
+        data_options: st.data_options.unwrap_or_default(),
+        format: st.format,
+        format_command: st
+            .format_command
+            .unwrap_or_else(|| vec!["/sbin/mkfs.ext4".into(), "-q".into()]),
+        device_wait: st.device_wait.map_or(Duration::from_secs(5), |d| d.0),
+    });
+    let boot = match file.boot {
+        None => Boot::default(),
+        Some(b) => {
+            let d = Boot::default();
+            Boot {
+                good_after: b.good_after.map_or(d.good_after, |x| x.0),
+                good_command: command(b.good_command, "good_command", d.good_command)?,
+                reboot_on_critical_failure: b
+                    .reboot_on_critical_failure
+                    .unwrap_or(d.reboot_on_critical_failure),
+                on_fatal: b.on_fatal.unwrap_or(d.on_fatal),
+                rescue_shell: command(b.rescue_shell, "rescue_shell", d.rescue_shell)?,
+            }
+        }
+    };
     Ok(System {
         image_store: absolute("image_store", file.image_store, defaults.image_store.clone())?,
         container_state: absolute(
@@ -106,6 +264,9 @@ pub fn parse(text: &str) -> Result<System, FileError> {
             file.container_state,
             defaults.container_state.clone(),
         )?,
+        watchdog,
+        storage,
+        boot,
         log_buffer,
         hostname: file.hostname.unwrap_or(defaults.hostname),
         modules: file.modules.unwrap_or_default(),
@@ -134,6 +295,31 @@ mod tests {
         assert_eq!(s.modules, vec!["overlay"]);
         assert_eq!(s.log_level, LogLevel::Debug);
         assert_eq!(s.shutdown_grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn appliance_sections_parse_with_defaults() {
+        let s = parse(
+            "[watchdog]\ndevice = \"/dev/watchdog\"\n[storage]\ndata = \"/dev/vdb\"\n\
+             [boot]\ngood_command = [\"/usr/sbin/fw_setenv\", \"bootcount\", \"0\"]\n",
+        )
+        .unwrap();
+        let w = s.watchdog.unwrap();
+        assert_eq!(w.timeout, Duration::from_secs(30));
+        assert!(!w.magic_close);
+        let st = s.storage.unwrap();
+        assert_eq!(st.base, None);
+        assert_eq!(st.data_fstype, "ext4");
+        assert_eq!(s.boot.good_command[0], "/usr/sbin/fw_setenv");
+        assert_eq!(s.boot.on_fatal, OnFatal::Reboot);
+    }
+
+    #[test]
+    fn relative_boot_command_is_rejected() {
+        let text = "[boot]\ngood_command = [\"fw_setenv\"]\n";
+        let err = parse(text).unwrap_err();
+        assert!(err.message.contains("must be an absolute path"), "{err:?}");
+        assert_eq!(&text[err.span.unwrap()], "[\"fw_setenv\"]");
     }
 
     #[test]

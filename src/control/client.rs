@@ -33,6 +33,10 @@ pub const EXIT_UNREACHABLE: i32 = 3;
 pub fn main(cmd: &str, args: &[String]) -> i32 {
     let parsed = match parse(cmd, args) {
         Ok(p) => p,
+        Err(e) if e == "help" => {
+            println!("{USAGE}");
+            return EXIT_OK;
+        }
         Err(e) => {
             eprintln!("brig {cmd}: {e}\n\n{USAGE}");
             return EXIT_USAGE;
@@ -66,7 +70,7 @@ pub fn is_command(cmd: &str) -> bool {
             | "reboot"
             | "poweroff"
             | "halt"
-    )
+    ) || (cfg!(feature = "fault-injection") && cmd == "fault")
 }
 
 #[derive(Debug)]
@@ -119,6 +123,8 @@ fn parse(cmd: &str, args: &[String]) -> Result<Parsed, String> {
         "reboot" => none(&names).map(|()| Request::Reboot {})?,
         "poweroff" => none(&names).map(|()| Request::Poweroff {})?,
         "halt" => none(&names).map(|()| Request::Halt {})?,
+        #[cfg(feature = "fault-injection")]
+        "fault" if names.len() == 1 => Request::Fault { kind: names.remove(0) },
         other => return Err(format!("unknown command {other:?}")),
     };
     Ok(Parsed { request, json, socket })
@@ -173,11 +179,14 @@ fn exchange(mut stream: UnixStream, parsed: &Parsed) -> io::Result<i32> {
 /// Prints one response; returns the exit code it implies.
 fn show(response: &Response, json: bool) -> i32 {
     match response {
-        Response::Status { services } if json => {
+        Response::Status { services, .. } if json => {
             println!("{}", serde_json::to_string_pretty(services).unwrap_or_default());
             EXIT_OK
         }
-        Response::Status { services } => {
+        Response::Status { services, notes } => {
+            for note in notes {
+                println!("! {note}");
+            }
             print!("{}", status_table(services));
             EXIT_OK
         }

@@ -48,6 +48,11 @@ pub enum Request {
     Reboot {},
     Poweroff {},
     Halt {},
+    /// Test builds only: make PID 1 fail on purpose ("panic", "stall", "stall-shutdown").
+    #[cfg(feature = "fault-injection")]
+    Fault {
+        kind: String,
+    },
 }
 
 impl Request {
@@ -99,6 +104,10 @@ pub struct LogLine {
 pub enum Response {
     Status {
         services: Vec<ServiceStatus>,
+        /// System-wide conditions an operator must know about (a degraded data partition, a
+        /// boot on the last-known-good configuration).
+        #[serde(default)]
+        notes: Vec<String>,
     },
     Outcomes {
         outcomes: Vec<Outcome>,

@@ -127,6 +127,15 @@ pub fn open_kernel_log() -> io::Result<()> {
     result
 }
 
+/// Sends everything to the kernel log from now on (shutdown: syslogd is going away).
+pub fn bypass_syslog() {
+    if let Ok(mut sink) = SINK.lock() {
+        if let Target::System { syslog, .. } = &mut sink.target {
+            *syslog = None;
+        }
+    }
+}
+
 /// Logs one line of a service's output with the service's name as tag. Returns false when
 /// the line was dropped (log full or rate limit hit), so the caller can count it.
 pub fn service_line(name: &str, pid: i32, line: &str) -> bool {

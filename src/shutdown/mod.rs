@@ -98,6 +98,11 @@ pub fn finish(action: Action, mountinfo: &Path) -> Errno {
         Err(e) => log::warn!("shutdown: cannot read {}: {e}; not unmounting", mountinfo.display()),
     }
     nix::unistd::sync();
+    #[cfg(feature = "fault-injection")]
+    while crate::boot::fault::STALL_SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed) {
+        log::warn!("fault: shutdown stalled before reboot on request");
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
     log::info!("shutdown: {} now", action.name());
     match nix::sys::reboot::reboot(action.mode()) {
         Err(e) => e,

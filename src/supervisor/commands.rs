@@ -88,6 +88,8 @@ impl Supervisor {
             Request::Reboot {} => self.request_shutdown(Action::Reboot),
             Request::Poweroff {} => self.request_shutdown(Action::Poweroff),
             Request::Halt {} => self.request_shutdown(Action::Halt),
+            #[cfg(feature = "fault-injection")]
+            Request::Fault { kind } => crate::boot::fault::inject(&kind, self),
         };
         self.answer(conn, &response);
     }
@@ -116,7 +118,7 @@ impl Supervisor {
             });
         }
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        Response::Status { services }
+        Response::Status { services, notes: self.notes.clone() }
     }
 
     fn knows(&self, name: &str) -> bool {
@@ -362,6 +364,13 @@ impl Supervisor {
     fn apply_system(&mut self, system: &config::System) {
         self.shutdown_grace = system.shutdown_grace;
         self.containers = crate::container::Paths::from_system(system);
+        // Handing the watchdog over: a reload without [watchdog] lets go of the device (with
+        // magic close where allowed), so a service started by the same reload can open it.
+        if system.watchdog.is_none() {
+            if let Some(dog) = self.watchdog.take() {
+                dog.release();
+            }
+        }
         crate::log::set_level(system.log_level.filter());
         crate::log::with_rings(|r| r.set_capacity(system.log_buffer));
         if self.owns_system {

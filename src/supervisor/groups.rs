@@ -128,7 +128,7 @@ mod tests {
     fn sup_with_group(tag: &str, events: &str, procs_populated: bool) -> (Supervisor, PathBuf) {
         let svc = parse("hog", "hog.toml".into(), "exec = [\"/x\"]\n").unwrap().0;
         let tree = Tree { services: vec![svc], ..Tree::default() };
-        let mut s = Supervisor::new(tree, false, PathBuf::new(), None).unwrap();
+        let mut s = Supervisor::new(tree, crate::supervisor::Setup::default()).unwrap();
         let dir = std::env::temp_dir().join(format!("brig-groups-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

@@ -8,12 +8,13 @@
 
 mod commands;
 mod groups;
+mod health;
 pub mod spawn;
 pub mod unit;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -110,17 +111,34 @@ pub struct Supervisor {
     cgroups: Option<crate::cgroup::Tree>,
     /// Where container images and layers live.
     containers: crate::container::Paths,
+    /// Conditions shown on top of `brig status` (degraded storage, fallback config).
+    notes: Vec<String>,
+    watchdog: Option<crate::watchdog::Watchdog>,
+    /// Is the boot good yet, and what to do about critical services.
+    health: health::Health,
+}
+
+/// How the supervisor is set up besides the configuration.
+#[derive(Default)]
+pub struct Setup {
+    /// PID 1 of the system or of a PID namespace: may signal every process at shutdown.
+    pub owns_system: bool,
+    /// The real system init: keeps the last-known-good config and the boot counter.
+    pub persistent_state: bool,
+    /// Where the configuration came from, for reload.
+    pub config_dir: PathBuf,
+    /// Where to serve the control protocol (None: no socket, as in unit tests).
+    pub socket: Option<PathBuf>,
+    pub notes: Vec<String>,
+    pub watchdog: Option<crate::watchdog::Watchdog>,
+    /// Start a shell on the console at once (`brig.rescue`): its argv.
+    pub rescue: Option<Vec<String>>,
 }
 
 impl Supervisor {
     /// Sets up the event loop. The caller has blocked [`handled_signals`] already.
     /// `socket`: where to serve the control protocol (None: no socket, as in unit tests).
-    pub fn new(
-        tree: Tree,
-        owns_system: bool,
-        config_dir: PathBuf,
-        socket: Option<&Path>,
-    ) -> Result<Self, SetupError> {
+    pub fn new(tree: Tree, setup: Setup) -> Result<Self, SetupError> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|errno| SetupError { op: "epoll_create1", errno })?;
         let signals = SignalFd::with_flags(
@@ -131,7 +149,7 @@ impl Supervisor {
         epoll
             .add(signals.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN))
             .map_err(|errno| SetupError { op: "epoll_ctl signalfd", errno })?;
-        let control = socket.and_then(|path| match Server::bind(path) {
+        let control = setup.socket.as_deref().and_then(|path| match Server::bind(path) {
             Ok(server) => match server.register(&epoll) {
                 Ok(()) => Some(server),
                 Err(e) => {
@@ -147,7 +165,7 @@ impl Supervisor {
         });
         crate::log::with_rings(|r| r.set_capacity(tree.system.log_buffer));
         let containers = crate::container::Paths::from_system(&tree.system);
-        Ok(Supervisor {
+        let mut sup = Supervisor {
             cgroups: None,
             containers,
             units: tree.services.into_iter().map(Unit::new).collect(),
@@ -159,11 +177,18 @@ impl Supervisor {
             ready_announced: false,
             shutdown: None,
             no_children: false,
-            owns_system,
-            config_dir,
+            owns_system: setup.owns_system,
+            config_dir: setup.config_dir,
             control,
             waiters: Vec::new(),
-        })
+            notes: setup.notes,
+            watchdog: setup.watchdog,
+            health: health::Health::new(tree.system.boot, setup.persistent_state),
+        };
+        if let Some(shell) = setup.rescue {
+            sup.add_rescue_shell(shell, "brig.rescue on the kernel command line");
+        }
+        Ok(sup)
     }
 
     /// Gives each service a cgroup under `tree` from now on.
@@ -178,6 +203,9 @@ impl Supervisor {
             let now = Instant::now();
             if let Some(action) = self.advance(now) {
                 return action;
+            }
+            if let Some(dog) = &mut self.watchdog {
+                dog.kick_if_due(now);
             }
             let timeout = self.next_deadline().map(|d| d.saturating_duration_since(now));
             let n = match self.epoll.wait(&mut events, epoll_timeout(timeout)) {
@@ -214,6 +242,7 @@ impl Supervisor {
         self.purge_removed();
         self.announce_ready();
         self.finish_waiters(now);
+        self.check_health(now);
         None
     }
 
@@ -230,8 +259,17 @@ impl Supervisor {
         };
         let clients = self.control.as_ref().and_then(Server::next_deadline);
         let waiters = self.waiters.iter().map(|w| w.deadline);
+        let watchdog = self.watchdog.as_ref().map(crate::watchdog::Watchdog::deadline);
+        let health = self.health.deadline();
         let drain = self.draining().then(|| Instant::now() + groups::DRAIN_POLL);
-        units.chain(phase).chain(clients).chain(waiters).chain(drain).min()
+        units
+            .chain(phase)
+            .chain(clients)
+            .chain(waiters)
+            .chain(watchdog)
+            .chain(health)
+            .chain(drain)
+            .min()
     }
 
     // ---- starting -------------------------------------------------------------------------
@@ -255,8 +293,20 @@ impl Supervisor {
                         }
                         Deps::Pending => {}
                     },
+                    // A restart looks at the dependencies again: one may have failed for
+                    // good, or be restarting itself, since this service first started.
                     State::Backoff { until } if until <= now => {
-                        self.start(i, now);
+                        match self.dependency_state(i) {
+                            Deps::Met => self.start(i, now),
+                            Deps::Blocked(reason) => {
+                                log::error!(
+                                    "service {}: not restarted: {reason}",
+                                    self.units[i].name()
+                                );
+                                self.units[i].set(State::Blocked(reason));
+                            }
+                            Deps::Pending => self.units[i].set(State::Waiting),
+                        }
                         changed = true;
                     }
                     _ => {}
@@ -361,6 +411,7 @@ impl Supervisor {
         let done = self.units.iter().filter(|u| u.state == State::Done).count();
         let down = self.units.len() - running - done + self.broken.len();
         log::info!("system ready: {running} running, {done} done, {down} not started");
+        self.rescue_if_nothing_runs();
     }
 
     // ---- events ---------------------------------------------------------------------------
@@ -437,6 +488,13 @@ impl Supervisor {
         let Some(exit) = self.group_exit(i, exit) else { return };
         self.units[i].last_exit = Some(exit);
         self.after_run(i, exit, now);
+        // What the main process of a daemon left behind in its process group goes with it, so
+        // a restarted instance never runs beside leftovers of the old one. A oneshot's
+        // children, and those of a daemon that exited cleanly for good, were left on purpose.
+        let unit = &self.units[i];
+        if unit.svc.kind == config::Kind::Simple && unit.state != State::Exited {
+            signal_group(pid, Signal::SIGKILL);
+        }
     }
 
     /// Reads whatever the pipes of unit `i` still hold and closes them.
@@ -618,6 +676,9 @@ impl Supervisor {
                 unit.set(State::Failed(format!("{failures} failures within {window}")));
             }
         }
+        if matches!(self.units[i].state, State::Failed(_)) && self.units[i].svc.critical {
+            self.critical_failed(i);
+        }
     }
 
     // ---- shutdown -------------------------------------------------------------------------
@@ -628,6 +689,9 @@ impl Supervisor {
             return;
         }
         log::info!("shutdown: {} requested ({cause})", action.name());
+        // syslogd is about to be stopped with the rest: from here on, straight to the kernel
+        // log, so the last lines are not left unread in its socket.
+        crate::log::bypass_syslog();
         self.shutdown = Some(Shutdown { action, phase: Phase::Services });
     }
 
@@ -776,7 +840,7 @@ mod tests {
     fn sup(files: &[(&str, &str)]) -> Supervisor {
         let services =
             files.iter().map(|(n, t)| parse(n, format!("{n}.toml").into(), t).unwrap().0).collect();
-        Supervisor::new(Tree { services, ..Tree::default() }, false, PathBuf::new(), None).unwrap()
+        Supervisor::new(Tree { services, ..Tree::default() }, Setup::default()).unwrap()
     }
 
     #[test]

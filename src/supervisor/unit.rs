@@ -136,10 +136,13 @@ impl Unit {
 
     /// Moves to `state`, noting when the unit first settled.
     pub fn set(&mut self, state: State) {
-        if matches!(
-            state,
-            State::Running | State::Done | State::Exited | State::Failed(_) | State::Blocked(_)
-        ) {
+        // A running oneshot has not settled: boot is ready only once it finished.
+        let settles = match state {
+            State::Running => self.svc.kind == Kind::Simple,
+            State::Done | State::Exited | State::Failed(_) | State::Blocked(_) => true,
+            _ => false,
+        };
+        if settles {
             self.settled = true;
         }
         self.state = state;

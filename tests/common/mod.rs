@@ -1,16 +1,193 @@
-//! Shared by the privileged tests: a throwaway cgroup for each test's brig.
+//! Shared helpers of the privileged tests: boot brig as PID 1 of throwaway namespaces.
 //!
-//! brig as PID 1 moves itself into `BASE/brig` and creates `BASE/services/NAME`, where BASE is
-//! the cgroup it starts in. Started straight from the test, BASE would be the test runner's
-//! own cgroup, shared by every test running in parallel (and on a host at the root cgroup, the
-//! host's). So each test gets `TEST_CGROUP/brig-test-NAME`, brig enters it before it execs
-//! (through a tiny shell step, which keeps the `unshare` parent outside, so BASE holds no
-//! process), and the directory tree is removed after the test.
+//! Each test writes a config under the cargo target directory (brig mounts a fresh /tmp in its
+//! namespace), starts `unshare ... brig init --config DIR`, and reads brig's log from stderr.
+//! The namespaces end when brig calls reboot(2), so nothing outlives a test and the host's own
+//! mounts and processes are never touched. These tests need root; they fail, not skip, without.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test code: a failed step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The brig binary under test, also used by probe services as the client.
+pub const BRIG: &str = env!("CARGO_BIN_EXE_brig");
+
+pub struct Run {
+    pub log: String,
+    pub signal: Option<i32>,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn has(&self, needle: &str) -> bool {
+        self.log.contains(needle)
+    }
+
+    pub fn assert_has(&self, needle: &str) {
+        assert!(self.has(needle), "missing {needle:?} in brig's log:\n{}", self.log);
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log.matches(needle).count()
+    }
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "namespace tests need root (unshare of pid/mount/uts namespaces)");
+}
+
+/// A brig running as PID 1 of fresh namespaces, with its control socket in the test's
+/// directory so the test can act as a client from the host side.
+pub struct Booted {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    start: Instant,
+    /// Dropped after the namespace ended: kills what is left and removes the groups.
+    cgroup: TestCgroup,
+}
+
+/// Writes the config and starts brig in new namespaces.
+pub fn start(test: &str, system: &str, services: &[(&str, &str)]) -> Booted {
+    require_root();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ns-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("services")).unwrap();
+    std::fs::write(dir.join("system.toml"), system).unwrap();
+    for (name, text) in services {
+        std::fs::write(dir.join("services").join(format!("{name}.toml")), text).unwrap();
+    }
+    let socket = dir.join("brig.sock");
+    // Its own cgroup, so that brig's groups never meet another test's (or the host's).
+    let cgroup = TestCgroup::new(test);
+    let argv =
+        [BRIG, "init", "--config", dir.to_str().unwrap(), "--socket", socket.to_str().unwrap()];
+    let brig = cgroup.wrap(&argv, false);
+    let start = Instant::now();
+    let mut child = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--propagation",
+            "private",
+        ])
+        .arg("--")
+        .args(&brig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run unshare");
+    let mut stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&log);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    Booted { child, log, reader: Some(reader), dir, socket, start, cgroup }
+}
+
+impl Booted {
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until brig's log contains `needle`.
+    pub fn wait_for(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} within {limit:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `brig ARGS --socket SOCKET` from the host side: (exit code, stdout, stderr).
+    pub fn client(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BRIG)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+
+    /// Waits for the namespace to end (or `limit` to pass, which fails the test).
+    pub fn wait(mut self, limit: Duration) -> Run {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if self.start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("namespace did not end within {limit:?}; brig's log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.start.elapsed();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        Run { log: self.log(), signal: status.signal(), elapsed }
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a namespace behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Boots brig in new namespaces with the given system.toml and services, and waits for the
+/// namespace to end (or `limit` to pass, which fails the test).
+pub fn boot(test: &str, system: &str, services: &[(&str, &str)], limit: Duration) -> Run {
+    start(test, system, services).wait(limit)
+}
+
+/// A service that waits until the others had time to act, then runs `script`.
+pub fn probe(delay: &str, script: &str) -> String {
+    format!(
+        "exec = [\"/bin/sh\", \"-c\", \"sleep {delay}; {}\"]\nrestart = \"never\"\n",
+        script.replace('\\', "\\\\").replace('"', "\\\"")
+    )
+}
+
+// ---- a throwaway cgroup per test --------------------------------------------------------
+//
+// brig as PID 1 moves itself into `BASE/brig` and creates `BASE/services/NAME`, where BASE is
+// the cgroup it starts in. Started straight from the test, BASE would be the test runner's
+// own cgroup, shared by every test running in parallel (and on a host at the root cgroup, the
+// host's). So each test gets `TEST_CGROUP/brig-test-NAME-PID`, brig enters it before it execs
+// (through a tiny shell step, which keeps the `unshare` parent outside, so BASE holds no
+// process), and the directory tree is removed after the test.
 
 /// A test's cgroup: created on `new`, removed (with everything brig made in it) on drop.
 pub struct TestCgroup {
