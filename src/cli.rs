@@ -121,13 +121,29 @@ fn check(root: Option<&Path>, config_dir: Option<&Path>) -> i32 {
     let tree = config::load(&dir);
     let mut problems: Vec<String> = tree.diagnostics.iter().map(ToString::to_string).collect();
     if let Some(root) = root {
+        let paths = crate::container::Paths::from_system(&tree.system);
         for svc in &tree.services {
-            if let Some(why) = program_problem(root, &svc.exec[0]) {
+            // A container's program lives in its image, not in the host's tree.
+            let base = match &svc.container {
+                Some(c) => {
+                    let image = crate::container::image_dir(&paths, &c.image);
+                    root.join(image.strip_prefix("/").unwrap_or(&image))
+                }
+                None => root.to_path_buf(),
+            };
+            // A squashfs image cannot be looked into without mounting it.
+            if svc.container.is_some()
+                && !base.is_dir()
+                && base.with_extension("squashfs").is_file()
+            {
+                continue;
+            }
+            if let Some(why) = program_problem(&base, &svc.exec[0]) {
                 problems.push(format!(
                     "{}: exec: {} {why} under {}",
                     svc.file.display(),
                     svc.exec[0],
-                    root.display()
+                    base.display()
                 ));
             }
         }

@@ -7,6 +7,7 @@ mod boot;
 mod cgroup;
 mod cli;
 mod config;
+mod container;
 mod control;
 mod log;
 mod shutdown;

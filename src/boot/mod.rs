@@ -105,8 +105,14 @@ pub fn run(mode: Mode) -> ! {
         watchdog,
         rescue,
     };
+    let cgroups = if pid1 { setup_cgroups() } else { None };
     let action = match Supervisor::new(tree, setup) {
-        Ok(mut sup) => sup.run(),
+        Ok(mut sup) => {
+            if let Some(tree) = cgroups {
+                sup.set_cgroups(tree);
+            }
+            sup.run()
+        }
         Err(e) => {
             log::error!("cannot start the supervisor: {e}; only reaping from now on");
             reap_forever();
@@ -127,6 +133,25 @@ pub fn run(mode: Mode) -> ! {
         errno.desc()
     );
     reap_forever()
+}
+
+/// Moves PID 1 into its leaf cgroup and enables controllers for the services. Without
+/// cgroup2, services run without groups (no limits, stop by process group).
+fn setup_cgroups() -> Option<crate::cgroup::Tree> {
+    let mount = Path::new(crate::cgroup::ROOT);
+    match crate::cgroup::Tree::setup(mount, Path::new("/proc/self/cgroup")) {
+        Ok((tree, warnings)) => {
+            for w in warnings {
+                log::warn!("cgroup: {w}; services run without that controller");
+            }
+            log::debug!("cgroup: services under {}", tree.base.join("services").display());
+            Some(tree)
+        }
+        Err(e) => {
+            log::warn!("cgroup: {e}; services run without cgroups or limits");
+            None
+        }
+    }
 }
 
 /// Loads the configuration. When it has errors and a last-known-good copy exists (and is

@@ -7,6 +7,7 @@
 
 pub mod duration;
 mod graph;
+pub mod isolation;
 pub mod service;
 pub mod system;
 
@@ -15,6 +16,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use isolation::{Container, Network, Upper, Volume};
 pub use service::{Ident, Kind, Restart, Service};
 pub use system::System;
 

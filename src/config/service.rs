@@ -17,6 +17,8 @@ use serde::Deserialize as DeriveDeserialize;
 use toml::Spanned;
 
 use super::duration::Dur;
+use super::isolation::{decode_rlimits, Caps, ContainerFile, LimitsFile, Rlimit, Scalar};
+use super::isolation::{Container, Limits};
 
 /// How a service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, DeriveDeserialize)]
@@ -78,6 +80,15 @@ pub struct Service {
     pub backoff: Backoff,
     /// Standard streams on /dev/console instead of the log (shells, gettys).
     pub console: bool,
+    /// cgroup v2 files written into the service's group before it starts.
+    pub limits: Limits,
+    /// Capabilities kept (bounding, permitted, effective, inheritable, ambient); None: leave
+    /// them as they are (root keeps all), except in a container, which keeps none.
+    pub capabilities: Option<Caps>,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<Rlimit>,
+    /// Run in its own namespaces over an image, when set.
+    pub container: Option<Container>,
     /// The boot is good only once this service is up; its failure for good reboots.
     pub critical: bool,
 }
@@ -131,6 +142,12 @@ struct ServiceFile {
     stable_after: Option<Dur>,
     #[serde(default)]
     console: bool,
+    limits: Option<LimitsFile>,
+    capabilities: Option<Caps>,
+    #[serde(default)]
+    no_new_privs: bool,
+    rlimits: Option<Spanned<BTreeMap<String, Scalar>>>,
+    container: Option<ContainerFile>,
     #[serde(default)]
     critical: bool,
 }
@@ -235,6 +252,18 @@ fn build(
         Kind::Simple => Restart::Always,
         Kind::Oneshot => Restart::Never,
     });
+    let rlimits = match raw.rlimits {
+        Some(table) => {
+            let span = table.span();
+            decode_rlimits(table.into_inner()).map_err(|m| FileError::at(span, m))?
+        }
+        None => Vec::new(),
+    };
+    let container = raw.container.map(ContainerFile::into_container);
+    let capabilities = match (raw.capabilities, &container) {
+        (None, Some(_)) => Some(Caps::default()),
+        (caps, _) => caps,
+    };
     let service = Service {
         name: name.to_string(),
         file,
@@ -252,6 +281,11 @@ fn build(
         stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(10), |d| d.0),
         backoff,
         console: raw.console,
+        limits: raw.limits.map(LimitsFile::into_limits).unwrap_or_default(),
+        capabilities,
+        no_new_privs: raw.no_new_privs,
+        rlimits,
+        container,
         critical: raw.critical,
     };
     Ok((service, spans))
@@ -359,6 +393,7 @@ impl<'de> Deserialize<'de> for Ident {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Network, Upper, Volume};
 
     fn parse_ok(text: &str) -> Service {
         parse("svc", PathBuf::from("svc.toml"), text).unwrap().0
@@ -458,6 +493,120 @@ mod tests {
     fn env_key_with_equals_is_rejected() {
         let e = parse_err("exec = [\"/x\"]\nenv = { \"A=B\" = \"c\" }\n");
         assert!(e.message.contains("not a variable name"), "{e:?}");
+    }
+
+    #[test]
+    fn limits_are_translated_to_cgroup_files_in_write_order() {
+        let s = parse_ok(
+            "exec = [\"/x\"]\n[limits]\nmemory_max = \"64M\"\nmemory_high = \"48M\"\n\
+             cpu_max = \"50%\"\npids_max = 32\nio_weight = 200\ncpu_weight = 50\n\
+             memory_swap_max = 0\ncgroup = { \"memory.oom.group\" = \"1\", \
+             \"cpu.uclamp.max\" = \"max 1\" }\n",
+        );
+        let files: Vec<(&str, &str)> =
+            s.limits.files.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+        assert_eq!(
+            files,
+            vec![
+                ("memory.high", "50331648"),
+                ("memory.max", "67108864"),
+                ("memory.swap.max", "0"),
+                ("cpu.max", "50000 100000"),
+                ("cpu.weight", "50"),
+                ("pids.max", "32"),
+                ("io.weight", "default 200"),
+                ("cpu.uclamp.max", "max 1"),
+                ("memory.oom.group", "1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_limit_names_the_field_at_its_value() {
+        let text = "exec = [\"/x\"]\n[limits]\nmemory_max = \"lots\"\n";
+        let e = parse_err(text);
+        assert!(e.message.contains("is not a size"), "{e:?}");
+        assert_eq!(&text[e.span.unwrap()], "\"lots\"");
+        let e = parse_err("exec = [\"/x\"]\n[limits]\ncpu_weight = 0\n");
+        assert!(e.message.contains("out of range"), "{e:?}");
+        let e = parse_err("exec = [\"/x\"]\n[limits]\nmemory_maximum = 1\n");
+        assert!(e.message.contains("unknown field `memory_maximum`"), "{e:?}");
+        let e = parse_err("exec = [\"/x\"]\n[limits]\ncgroup = { \"cgroup.procs\" = \"1\" }\n");
+        assert!(e.message.contains("brig's own"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_capability_is_an_error_at_its_list() {
+        let text = "exec = [\"/x\"]\ncapabilities = [\"CAP_NET_RAW\", \"CAP_FLY\"]\n";
+        let e = parse_err(text);
+        assert!(e.message.contains("unknown capability \"CAP_FLY\""), "{e:?}");
+        assert!(e.span.is_some());
+        let s = parse_ok("exec = [\"/x\"]\ncapabilities = [\"net_bind_service\", \"CAP_KILL\"]\n");
+        assert_eq!(s.capabilities, Some(Caps((1 << 10) | (1 << 5))));
+    }
+
+    #[test]
+    fn plain_service_keeps_capabilities_and_container_drops_them_by_default() {
+        assert_eq!(parse_ok("exec = [\"/x\"]\n").capabilities, None);
+        let s = parse_ok("exec = [\"/x\"]\n[container]\nimage = \"web\"\n");
+        assert_eq!(s.capabilities, Some(Caps(0)));
+        let c = s.container.unwrap();
+        assert_eq!(c.upper, Upper::Ephemeral);
+        assert_eq!(c.network, Network::Host);
+        assert!(!c.read_only);
+        assert!(c.volumes.is_empty());
+    }
+
+    #[test]
+    fn container_table_is_strict() {
+        let e = parse_err("exec = [\"/x\"]\n[container]\nimage = \"web\"\nuper = \"persistent\"\n");
+        assert!(e.message.contains("unknown field `uper`"), "{e:?}");
+        let e = parse_err("exec = [\"/x\"]\n[container]\nimage = \"../etc\"\n");
+        assert!(e.message.contains("container.image"), "{e:?}");
+        let e = parse_err("exec = [\"/x\"]\n[container]\nnetwork = \"none\"\n");
+        assert!(e.message.contains("missing field `image`"), "{e:?}");
+        let e = parse_err(
+            "exec = [\"/x\"]\n[container]\nimage = \"w\"\nvolumes = [{ target = \"/d\" }]\n",
+        );
+        assert!(e.message.contains("exactly one of"), "{e:?}");
+    }
+
+    #[test]
+    fn volumes_bind_and_tmpfs() {
+        let s = parse_ok(
+            "exec = [\"/x\"]\n[container]\nimage = \"/images/web\"\nupper = \"persistent\"\n\
+             network = \"none\"\nhostname = \"web\"\nread_only = true\nvolumes = [\n\
+             { target = \"/data\", bind = \"/var/web\", read_only = true },\n\
+             { target = \"/tmp\", tmpfs = \"8M\" },\n]\n",
+        );
+        let c = s.container.unwrap();
+        assert_eq!(c.image, "/images/web");
+        assert_eq!(c.hostname.as_deref(), Some("web"));
+        assert_eq!(
+            c.volumes,
+            vec![
+                Volume::Bind { source: "/var/web".into(), target: "/data".into(), read_only: true },
+                Volume::Tmpfs { target: "/tmp".into(), size: "8388608".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn rlimits_take_one_value_or_a_pair() {
+        let s = parse_ok(
+            "exec = [\"/x\"]\nno_new_privs = true\n[rlimits]\nnofile = [64, 128]\ncore = 0\n",
+        );
+        assert!(s.no_new_privs);
+        assert_eq!(s.rlimits.len(), 2);
+        assert!(s.rlimits.contains(&Rlimit {
+            resource: libc::RLIMIT_NOFILE as i32,
+            soft: 64,
+            hard: 128
+        }));
+        let e = parse_err("exec = [\"/x\"]\n[rlimits]\nfiles = 1\n");
+        assert!(e.message.contains("unknown limit \"files\""), "{e:?}");
+        let e = parse_err("exec = [\"/x\"]\n[rlimits]\nnofile = [10, 5]\n");
+        assert!(e.message.contains("soft <= hard"), "{e:?}");
     }
 
     #[test]

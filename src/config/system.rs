@@ -46,6 +46,10 @@ pub struct System {
     pub shutdown_grace: Duration,
     /// Bytes of recent output kept in memory per service for `brig logs`.
     pub log_buffer: usize,
+    /// Where container images live: `IMAGE_STORE/NAME` is a directory tree.
+    pub image_store: PathBuf,
+    /// Where persistent container layers live (on the data partition).
+    pub container_state: PathBuf,
     pub watchdog: Option<Watchdog>,
     pub storage: Option<Storage>,
     pub boot: Boot,
@@ -124,6 +128,8 @@ impl Default for System {
             log_level: LogLevel::Info,
             shutdown_grace: Duration::from_secs(5),
             log_buffer: 16 * 1024,
+            image_store: PathBuf::from("/var/lib/brig/images"),
+            container_state: PathBuf::from("/var/lib/brig/containers"),
             watchdog: None,
             storage: None,
             boot: Boot::default(),
@@ -139,6 +145,8 @@ struct SystemFile {
     log_level: Option<LogLevel>,
     shutdown_grace: Option<Dur>,
     log_buffer: Option<Spanned<usize>>,
+    image_store: Option<Spanned<String>>,
+    container_state: Option<Spanned<String>>,
     watchdog: Option<WatchdogFile>,
     storage: Option<StorageFile>,
     boot: Option<BootFile>,
@@ -208,6 +216,14 @@ pub fn parse(text: &str) -> Result<System, FileError> {
         Some(b) => b.into_inner(),
         None => defaults.log_buffer,
     };
+    let absolute = |key: &str, v: Option<Spanned<String>>, default: PathBuf| match v {
+        Some(p) if !p.get_ref().starts_with('/') => Err(FileError {
+            span: Some(p.span()),
+            message: format!("{key} must be an absolute path"),
+        }),
+        Some(p) => Ok(PathBuf::from(p.into_inner())),
+        None => Ok(default),
+    };
     let watchdog = file.watchdog.map(|w| Watchdog {
         device: PathBuf::from(w.device),
         timeout: w.timeout.map_or(Duration::from_secs(30), |d| d.0),
@@ -242,6 +258,12 @@ pub fn parse(text: &str) -> Result<System, FileError> {
         }
     };
     Ok(System {
+        image_store: absolute("image_store", file.image_store, defaults.image_store.clone())?,
+        container_state: absolute(
+            "container_state",
+            file.container_state,
+            defaults.container_state.clone(),
+        )?,
         watchdog,
         storage,
         boot,
@@ -305,6 +327,15 @@ mod tests {
         let text = "log_buffer = 10\n";
         let err = parse(text).unwrap_err();
         assert_eq!(&text[err.span.unwrap()], "10");
+    }
+
+    #[test]
+    fn image_store_must_be_absolute() {
+        let s = parse("image_store = \"/data/images\"\n").unwrap();
+        assert_eq!(s.image_store, PathBuf::from("/data/images"));
+        assert_eq!(s.container_state, PathBuf::from("/var/lib/brig/containers"));
+        let err = parse("image_store = \"images\"\n").unwrap_err();
+        assert!(err.message.contains("absolute"), "{err:?}");
     }
 
     #[test]

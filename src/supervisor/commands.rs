@@ -5,7 +5,7 @@
 //! passed), not when the request was accepted: `brig stop web && flash-update` must be safe.
 
 use std::os::fd::RawFd;
-use std::path::Path;
+
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::EpollFlags;
@@ -363,6 +363,7 @@ impl Supervisor {
 
     fn apply_system(&mut self, system: &config::System) {
         self.shutdown_grace = system.shutdown_grace;
+        self.containers = crate::container::Paths::from_system(system);
         // Handing the watchdog over: a reload without [watchdog] lets go of the device (with
         // magic close where allowed), so a service started by the same reload can open it.
         if system.watchdog.is_none() {
@@ -433,7 +434,7 @@ fn describe(unit: &Unit, now: Instant) -> ServiceStatus {
         .filter(|_| unit.state.is_active())
         .map(|t| u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX));
     let (memory_bytes, cpu_usec) =
-        cgroup::usage(&cgroup::service_dir(Path::new(cgroup::ROOT), unit.name()));
+        unit.group.as_ref().map_or((None, None), |g| cgroup::usage(&g.dir));
     ServiceStatus {
         name: unit.name().to_string(),
         state: state.into(),
@@ -454,5 +455,6 @@ fn describe_exit(exit: Exit) -> String {
         Exit::Setup(Some(step), errno) => format!("{} failed ({errno:?})", step.describe()),
         Exit::Setup(None, errno) => format!("setup failed ({errno:?})"),
         Exit::Spawn => "could not be started".into(),
+        Exit::Oom => "killed by OOM".into(),
     }
 }

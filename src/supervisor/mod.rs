@@ -7,6 +7,7 @@
 //! without a timeout: an idle appliance costs PID 1 no wakeups.
 
 mod commands;
+mod groups;
 mod health;
 pub mod spawn;
 pub mod unit;
@@ -106,6 +107,10 @@ pub struct Supervisor {
     control: Option<Server>,
     /// Clients waiting for a start, stop or restart to finish.
     waiters: Vec<commands::Waiter>,
+    /// The cgroup tree services get their groups in; None without cgroup2.
+    cgroups: Option<crate::cgroup::Tree>,
+    /// Where container images and layers live.
+    containers: crate::container::Paths,
     /// Conditions shown on top of `brig status` (degraded storage, fallback config).
     notes: Vec<String>,
     watchdog: Option<crate::watchdog::Watchdog>,
@@ -159,7 +164,10 @@ impl Supervisor {
             }
         });
         crate::log::with_rings(|r| r.set_capacity(tree.system.log_buffer));
+        let containers = crate::container::Paths::from_system(&tree.system);
         let mut sup = Supervisor {
+            cgroups: None,
+            containers,
             units: tree.services.into_iter().map(Unit::new).collect(),
             broken: tree.broken,
             shutdown_grace: tree.system.shutdown_grace,
@@ -181,6 +189,11 @@ impl Supervisor {
             sup.add_rescue_shell(shell, "brig.rescue on the kernel command line");
         }
         Ok(sup)
+    }
+
+    /// Gives each service a cgroup under `tree` from now on.
+    pub fn set_cgroups(&mut self, tree: crate::cgroup::Tree) {
+        self.cgroups = Some(tree);
     }
 
     /// Runs until the shutdown ends in reboot(2). Returns only if that fails.
@@ -219,6 +232,7 @@ impl Supervisor {
 
     /// Does everything that is due at `now`. Returns the final action when shutdown is over.
     fn advance(&mut self, now: Instant) -> Option<Action> {
+        self.settle_drained(now);
         self.enforce_stop_timeouts(now);
         self.serve_clients(now);
         if self.shutdown.is_some() {
@@ -247,7 +261,15 @@ impl Supervisor {
         let waiters = self.waiters.iter().map(|w| w.deadline);
         let watchdog = self.watchdog.as_ref().map(crate::watchdog::Watchdog::deadline);
         let health = self.health.deadline();
-        units.chain(phase).chain(clients).chain(waiters).chain(watchdog).chain(health).min()
+        let drain = self.draining().then(|| Instant::now() + groups::DRAIN_POLL);
+        units
+            .chain(phase)
+            .chain(clients)
+            .chain(waiters)
+            .chain(watchdog)
+            .chain(health)
+            .chain(drain)
+            .min()
     }
 
     // ---- starting -------------------------------------------------------------------------
@@ -331,13 +353,19 @@ impl Supervisor {
     }
 
     fn start(&mut self, i: usize, now: Instant) {
+        if let Err(e) = self.prepare_group(i) {
+            log::error!("service {}: cannot start: {e}", self.units[i].name());
+            return self.after_run(i, Exit::Spawn, now);
+        }
         let unit = &mut self.units[i];
         unit.exec_error = None;
         unit.started_at = Some(now);
         log::debug!("service {}: starting {}", unit.name(), unit.svc.exec.join(" "));
-        match spawn::spawn(&unit.svc) {
+        let ctx = spawn::Context { group: unit.group.as_ref(), containers: &self.containers };
+        match spawn::spawn(&unit.svc, &ctx) {
             Ok(child) => {
                 unit.pid = Some(child.pid);
+                unit.labels = child.labels;
                 unit.set(State::Starting);
                 self.register(i, Pipe::Status, child.status);
                 if let Some(out) = child.output {
@@ -346,6 +374,9 @@ impl Supervisor {
             }
             Err(e) => {
                 log::error!("service {}: cannot start: {e}", unit.name());
+                if let Some(g) = &unit.group {
+                    g.remove();
+                }
                 self.after_run(i, Exit::Spawn, now);
             }
         }
@@ -438,6 +469,7 @@ impl Supervisor {
                 }
             }
         }
+        self.settle_drained(now);
     }
 
     fn on_exit(&mut self, pid: Pid, exit: Exit, now: Instant) {
@@ -453,7 +485,8 @@ impl Supervisor {
             Some((step, errno)) => Exit::Setup(step, errno),
             None => exit,
         };
-        unit.last_exit = Some(exit);
+        let Some(exit) = self.group_exit(i, exit) else { return };
+        self.units[i].last_exit = Some(exit);
         self.after_run(i, exit, now);
         // What the main process of a daemon left behind in its process group goes with it, so
         // a restarted instance never runs beside leftovers of the old one. A oneshot's
@@ -490,40 +523,59 @@ impl Supervisor {
         }
     }
 
-    /// End-of-file on the status pipe means exec succeeded; eight bytes mean it did not.
+    /// End-of-file on the status pipe means exec succeeded; a failure record means it did
+    /// not; notes (which root switch a container used) come before either.
     fn read_status(&mut self, i: usize, fd: RawFd) {
-        let mut buf = [0u8; 8];
+        let mut buf = [0u8; 48];
         let n = match nix::unistd::read(fd, &mut buf) {
             Ok(n) => n,
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => return,
             Err(_) => 0,
         };
+        let unit = &mut self.units[i];
+        let name = unit.name().to_string();
+        let mut failed = false;
+        for r in spawn::decode_status(&buf[..n]) {
+            match r.step {
+                Some(spawn::Step::MoveChroot) => log::info!(
+                    "service {name}: pivot_root impossible (root is the initramfs): container \
+                     root entered with move-mount + chroot"
+                ),
+                Some(spawn::Step::PivotRoot) => {
+                    log::debug!("service {name}: container root entered with pivot_root")
+                }
+                Some(spawn::Step::Exec) | None => {
+                    let path = &unit.svc.exec[0];
+                    let why = spawn::explain_exec_error(path, r.errno);
+                    log::error!("service {name}: exec {path} failed: {why} ({:?})", r.errno);
+                }
+                Some(spawn::Step::Container) => log::error!(
+                    "service {name}: container setup: {} failed: {} ({:?})",
+                    crate::container::describe_failure(&unit.labels, r.detail),
+                    r.errno.desc(),
+                    r.errno
+                ),
+                Some(step) => log::error!(
+                    "service {name}: {} failed: {} ({:?})",
+                    step.describe(),
+                    r.errno.desc(),
+                    r.errno
+                ),
+            }
+            if !r.step.is_some_and(spawn::Step::is_note) {
+                unit.exec_error = Some((r.step, r.errno));
+                failed = true;
+            }
+        }
+        if n > 0 && !failed {
+            return;
+        }
         self.unregister(fd);
         let unit = &mut self.units[i];
-        match spawn::decode_status(&buf[..n]) {
-            None => {
-                if unit.state == State::Starting {
-                    let pid = unit.pid.map_or(0, Pid::as_raw);
-                    log::info!("service {}: running (pid {pid})", unit.name());
-                    unit.set(State::Running);
-                }
-            }
-            Some((step, errno)) => {
-                unit.exec_error = Some((step, errno));
-                let name = unit.name().to_string();
-                match step {
-                    Some(spawn::Step::Exec) | None => {
-                        let path = &unit.svc.exec[0];
-                        let why = spawn::explain_exec_error(path, errno);
-                        log::error!("service {name}: exec {path} failed: {why} ({errno:?})");
-                    }
-                    Some(step) => log::error!(
-                        "service {name}: {} failed: {} ({errno:?})",
-                        step.describe(),
-                        errno.desc()
-                    ),
-                }
-            }
+        if !failed && unit.state == State::Starting {
+            let pid = unit.pid.map_or(0, Pid::as_raw);
+            log::info!("service {}: running (pid {pid})", unit.name());
+            unit.set(State::Running);
         }
     }
 
@@ -580,6 +632,7 @@ impl Supervisor {
 
     fn after_run(&mut self, i: usize, exit: Exit, now: Instant) {
         let unit = &mut self.units[i];
+        unit.last_exit = Some(exit);
         let name = unit.name().to_string();
         let how = unit.describe_exit(exit);
         if matches!(unit.state, State::Stopping { .. }) || self.shutdown.is_some() {
@@ -710,7 +763,8 @@ impl Supervisor {
 
     /// Sends SIGKILL to services that outlived their stop timeout, at shutdown or not.
     fn enforce_stop_timeouts(&mut self, now: Instant) {
-        for unit in &mut self.units {
+        for i in 0..self.units.len() {
+            let unit = &self.units[i];
             let State::Stopping { deadline, killed: false } = unit.state else { continue };
             if deadline > now {
                 continue;
@@ -720,10 +774,8 @@ impl Supervisor {
                 unit.name(),
                 duration::display(unit.svc.stop_timeout)
             );
-            if let Some(pid) = unit.pid {
-                signal_group(pid, Signal::SIGKILL);
-            }
-            unit.set(State::Stopping { deadline: now + KILL_WAIT, killed: true });
+            self.signal_unit(i, Signal::SIGKILL);
+            self.units[i].set(State::Stopping { deadline: now + KILL_WAIT, killed: true });
         }
     }
 
@@ -733,11 +785,13 @@ impl Supervisor {
     }
 
     fn stop(&mut self, i: usize, now: Instant) {
-        let unit = &mut self.units[i];
-        let Some(pid) = unit.pid else { return };
-        signal_group(pid, unit.svc.stop_signal);
+        let sig = self.units[i].svc.stop_signal;
+        if !self.signal_unit(i, sig) {
+            return;
+        }
         // A stopped (SIGSTOP) process would never see the stop signal.
-        signal_group(pid, Signal::SIGCONT);
+        self.signal_unit(i, Signal::SIGCONT);
+        let unit = &mut self.units[i];
         let deadline = now + unit.svc.stop_timeout;
         unit.set(State::Stopping { deadline, killed: false });
     }

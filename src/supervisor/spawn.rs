@@ -1,10 +1,17 @@
-//! Starting one service process: fork, set up the child, exec, and report exec failures.
+//! Starting one service process: clone into its cgroup, set up the child, exec, and report
+//! setup failures.
 //!
-//! Everything that allocates (argv, environment, user lookup) is prepared before `fork`, so the
-//! child only makes system calls. The child reports a failing step through a close-on-exec pipe
-//! as (step, errno); a successful exec closes the pipe, which the parent sees as end-of-file in
-//! its event loop, never by waiting. This is how `exec /x failed: ... (ENOENT)` is told apart
-//! from a program that ran and exited 127.
+//! Everything that allocates (argv, environment, user lookup, the container plan) is prepared
+//! before the clone, so the child only makes system calls. The child reports a failing step
+//! through a close-on-exec pipe as (step, errno, detail); a successful exec closes the pipe,
+//! which the parent sees as end-of-file in its event loop, never by waiting. This is how
+//! `exec /x failed: ... (ENOENT)` is told apart from a program that ran and exited 127.
+//!
+//! The child is created with clone3(CLONE_INTO_CGROUP) where the kernel has it (5.7), so it
+//! runs no instruction outside its service's cgroup; on older kernels it writes itself into
+//! cgroup.procs first thing. Privileges are dropped in this order: resource limits, capability
+//! bounding set (needs CAP_SETPCAP, so while still root), groups, gid, uid, the remaining
+//! capability sets, no_new_privs, then exec.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -16,7 +23,10 @@ use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Group, Pid, Uid, User};
 
+use crate::cgroup;
+use crate::config::isolation::Rlimit;
 use crate::config::{Ident, Service};
+use crate::container::{self, Plan, Switch};
 
 /// The steps of child setup, as reported through the status pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,21 +39,39 @@ pub enum Step {
     SetUid = 5,
     Workdir = 6,
     Exec = 7,
+    Cgroup = 8,
+    Container = 9,
+    Rlimits = 10,
+    CapBound = 11,
+    Caps = 12,
+    NoNewPrivs = 13,
+    /// Not a failure: the container root was switched with pivot_root.
+    PivotRoot = 20,
+    /// Not a failure: pivot_root was impossible (initramfs root); move-mount + chroot used.
+    MoveChroot = 21,
 }
+
+const STEPS: &[Step] = &[
+    Step::Session,
+    Step::Stdio,
+    Step::Groups,
+    Step::SetGid,
+    Step::SetUid,
+    Step::Workdir,
+    Step::Exec,
+    Step::Cgroup,
+    Step::Container,
+    Step::Rlimits,
+    Step::CapBound,
+    Step::Caps,
+    Step::NoNewPrivs,
+    Step::PivotRoot,
+    Step::MoveChroot,
+];
 
 impl Step {
     pub fn from_code(code: u32) -> Option<Step> {
-        [
-            Step::Session,
-            Step::Stdio,
-            Step::Groups,
-            Step::SetGid,
-            Step::SetUid,
-            Step::Workdir,
-            Step::Exec,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == code)
+        STEPS.iter().copied().find(|s| *s as u32 == code)
     }
 
     pub fn describe(self) -> &'static str {
@@ -55,8 +83,39 @@ impl Step {
             Step::SetUid => "setuid",
             Step::Workdir => "chdir to workdir",
             Step::Exec => "exec",
+            Step::Cgroup => "join its cgroup",
+            Step::Container => "container setup",
+            Step::Rlimits => "setrlimit",
+            Step::CapBound => "drop capabilities from the bounding set",
+            Step::Caps => "set capabilities",
+            Step::NoNewPrivs => "set no_new_privs",
+            Step::PivotRoot => "pivot_root",
+            Step::MoveChroot => "move-mount + chroot",
         }
     }
+
+    /// Whether this record only informs (the exec may still follow).
+    pub fn is_note(self) -> bool {
+        matches!(self, Step::PivotRoot | Step::MoveChroot)
+    }
+}
+
+/// One record of the status pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub step: Option<Step>,
+    pub errno: Errno,
+    /// Step-specific: the index of the failed container operation.
+    pub detail: u32,
+}
+
+const RECORD: usize = 12;
+
+/// What the service needs from the supervisor to start.
+pub struct Context<'a> {
+    /// The service's cgroup, created and limited already; None without cgroup2.
+    pub group: Option<&'a cgroup::Group>,
+    pub containers: &'a container::Paths,
 }
 
 /// Why a service could not even be forked.
@@ -84,6 +143,8 @@ impl std::fmt::Display for SpawnError {
 /// A started child: its pid and the parent's ends of its pipes.
 pub struct Child {
     pub pid: Pid,
+    /// Labels of the container operations, to name a failed one in the log.
+    pub labels: Vec<String>,
     /// Output of the service (stdout and stderr share it); None when on the console.
     pub output: Option<OwnedFd>,
     /// Reads (step, errno) on a failed setup, end-of-file after a successful exec.
@@ -97,14 +158,38 @@ struct Prepared {
     envp: Vec<CString>,
     workdir: CString,
     creds: Option<(Uid, Gid, Vec<Gid>)>,
+    rlimits: Vec<Rlimit>,
+    /// Capabilities to keep, as a mask; None: leave them alone.
+    caps: Option<u64>,
+    /// The highest capability number this kernel knows.
+    last_cap: u32,
+    no_new_privs: bool,
+    plan: Option<Plan>,
+    /// cgroup.procs of the service's group, for kernels without CLONE_INTO_CGROUP.
+    cgroup_procs: Option<OwnedFd>,
 }
 
 /// The PATH given to services that do not set their own.
 pub const DEFAULT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Forks and execs the service. Never blocks: the outcome of exec arrives on `Child::status`.
-pub fn spawn(svc: &Service) -> Result<Child, SpawnError> {
-    let prepared = prepare(svc)?;
+pub fn spawn(svc: &Service, ctx: &Context) -> Result<Child, SpawnError> {
+    let mut prepared = prepare(svc)?;
+    prepared.plan = container::prepare(svc, ctx.containers).map_err(|e| SpawnError::Sys {
+        op: e.op,
+        path: e.path.display().to_string(),
+        errno: e.errno,
+    })?;
+    let cgroup_dir = match ctx.group {
+        Some(g) => {
+            let dir = g.dir.display().to_string();
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            prepared.cgroup_procs =
+                Some(open_fd(&format!("{dir}/cgroup.procs"), OFlag::O_WRONLY | OFlag::O_CLOEXEC)?);
+            Some(open_fd(&dir, flags)?)
+        }
+        None => None,
+    };
     let (out_read, out_write) = pipe()?;
     let (status_read, status_write) = pipe()?;
     let stdin_path = if svc.console { "/dev/console" } else { "/dev/null" };
@@ -116,17 +201,91 @@ pub fn spawn(svc: &Service) -> Result<Child, SpawnError> {
         (out_write.as_raw_fd(), Some(out_read))
     };
 
-    // SAFETY: PID 1 is single-threaded, so the child cannot inherit a lock held by another
-    // thread; the child only calls async-signal-safe functions on data prepared above and
-    // leaves through execve or _exit.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
+    let ns = prepared.plan.as_ref().map_or(0, |p| p.clone_flags);
+    match clone_child(ns, cgroup_dir.as_ref().map(AsRawFd::as_raw_fd)) {
+        Ok(Cloned::Child { placed }) => {
+            if placed {
+                prepared.cgroup_procs = None;
+            }
             child(&prepared, stdin.as_raw_fd(), stdout, svc.console, status_write.as_raw_fd())
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            Ok(Child { pid: child, output, status: status_read })
+        Ok(Cloned::Parent(pid)) => Ok(Child {
+            pid,
+            labels: prepared.plan.map(|p| p.labels).unwrap_or_default(),
+            output,
+            status: status_read,
+        }),
+        Err(errno) => Err(SpawnError::Sys { op: "clone", path: svc.exec[0].clone(), errno }),
+    }
+}
+
+enum Cloned {
+    Parent(Pid),
+    /// In the child; `placed`: already in the service's cgroup.
+    Child {
+        placed: bool,
+    },
+}
+
+/// The argument of clone3(2), as of Linux 5.7 (CLONE_INTO_CGROUP).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn clone3(flags: u64, cgroup: Option<RawFd>) -> Result<Cloned, Errno> {
+    let mut args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..CloneArgs::default() };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    // SAFETY: without CLONE_VM and without a stack, clone3 duplicates the process like fork:
+    // the child continues on its own copy of this stack. PID 1 is single-threaded, so no lock
+    // is held by another thread, and the child only makes system calls on prepared data
+    // before it execs or _exits.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+    };
+    match rc {
+        0 => Ok(Cloned::Child { placed: cgroup.is_some() }),
+        pid if pid > 0 => Ok(Cloned::Parent(Pid::from_raw(pid as i32))),
+        _ => Err(Errno::last()),
+    }
+}
+
+/// clone3 into the cgroup with the namespaces `ns`; kernels before 5.7 reject
+/// CLONE_INTO_CGROUP (E2BIG or EINVAL) and get clone3 without it; kernels before 5.3 have no
+/// clone3 and get fork, which cannot create the PID namespace of a container.
+fn clone_child(ns: u64, cgroup: Option<RawFd>) -> Result<Cloned, Errno> {
+    match clone3(ns, cgroup) {
+        Err(Errno::E2BIG | Errno::EINVAL) if cgroup.is_some() => {
+            log::debug!("clone3: no CLONE_INTO_CGROUP, the child joins its cgroup itself");
+            clone3(ns, None).map(|c| match c {
+                Cloned::Child { .. } => Cloned::Child { placed: false },
+                parent => parent,
+            })
         }
-        Err(errno) => Err(SpawnError::Sys { op: "fork", path: svc.exec[0].clone(), errno }),
+        Err(Errno::ENOSYS) if ns == 0 => {
+            // SAFETY: as for clone3 above: single-threaded parent, syscalls only in the child.
+            match unsafe { nix::unistd::fork() }? {
+                nix::unistd::ForkResult::Child => Ok(Cloned::Child { placed: false }),
+                nix::unistd::ForkResult::Parent { child } => Ok(Cloned::Parent(child)),
+            }
+        }
+        other => other,
     }
 }
 
@@ -145,7 +304,17 @@ fn prepare(svc: &Service) -> Result<Prepared, SpawnError> {
         }
     }
     let envp = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(40);
     Ok(Prepared {
+        rlimits: svc.rlimits.clone(),
+        caps: svc.capabilities.map(|c| c.0),
+        last_cap,
+        no_new_privs: svc.no_new_privs,
+        plan: None,
+        cgroup_procs: None,
         path: argv[0].clone(),
         argv,
         envp,
@@ -229,19 +398,26 @@ pub fn set_nonblocking(fd: &OwnedFd) -> Result<(), SpawnError> {
     Ok(())
 }
 
-/// The child side: runs between fork and exec, never returns.
+/// The child side: runs between clone and exec, never returns.
 fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd) -> ! {
+    // Into the service's cgroup first, so everything after is accounted and limited there.
+    if let Some(procs) = &p.cgroup_procs {
+        if let Err(e) = nix::unistd::write(procs, b"0") {
+            fail(status, Step::Cgroup, e, 0);
+        }
+    }
+
     // Signals: PID 1 blocks the ones it reads through signalfd and Rust ignores SIGPIPE; a
     // service must start with an empty mask and default dispositions.
     reset_signals();
 
     if let Err(e) = nix::unistd::setsid() {
-        fail(status, Step::Session, e);
+        fail(status, Step::Session, e, 0);
     }
     for (from, to) in [(stdin, 0), (stdout, 1), (stdout, 2)] {
         // SAFETY: plain dup2 on descriptors that are open in this process.
         if unsafe { libc::dup2(from, to) } < 0 {
-            fail(status, Step::Stdio, Errno::last());
+            fail(status, Step::Stdio, Errno::last(), 0);
         }
     }
     if console {
@@ -249,28 +425,137 @@ fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd
         // SAFETY: TIOCSCTTY takes an int argument; failure is harmless and ignored.
         unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
     }
+    if let Some(plan) = &p.plan {
+        match container::enter(plan) {
+            Ok(Switch::PivotRoot) => note(status, Step::PivotRoot),
+            Ok(Switch::MoveChroot) => note(status, Step::MoveChroot),
+            Err((index, e)) => fail(status, Step::Container, e, index),
+        }
+    }
+    for r in &p.rlimits {
+        let limit = libc::rlimit { rlim_cur: r.soft as _, rlim_max: r.hard as _ };
+        // SAFETY: setrlimit reads a struct that lives for the call.
+        if unsafe { libc::setrlimit(r.resource as _, &limit) } != 0 {
+            fail(status, Step::Rlimits, Errno::last(), r.resource as u32);
+        }
+    }
+    if let Some(keep) = p.caps {
+        if let Err(e) = drop_bounding(keep, p.last_cap) {
+            fail(status, Step::CapBound, e, 0);
+        }
+        // Keep the permitted set across the uid change; the exec clears this flag.
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+    }
     if let Some((uid, gid, groups)) = &p.creds {
         if let Err(e) = nix::unistd::setgroups(groups) {
-            fail(status, Step::Groups, e);
+            fail(status, Step::Groups, e, 0);
         }
         if let Err(e) = nix::unistd::setgid(*gid) {
-            fail(status, Step::SetGid, e);
+            fail(status, Step::SetGid, e, 0);
         }
         if let Err(e) = nix::unistd::setuid(*uid) {
-            fail(status, Step::SetUid, e);
+            fail(status, Step::SetUid, e, 0);
+        }
+    }
+    if let Some(keep) = p.caps {
+        if let Err(e) = set_capabilities(keep, p.last_cap) {
+            fail(status, Step::Caps, e, 0);
+        }
+    }
+    if p.no_new_privs {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            fail(status, Step::NoNewPrivs, Errno::last(), 0);
         }
     }
     // After the user switch, so a workdir the user cannot enter is an error, as it would be
     // for a login.
     if let Err(e) = nix::unistd::chdir(p.workdir.as_c_str()) {
-        fail(status, Step::Workdir, e);
+        fail(status, Step::Workdir, e, 0);
     }
     close_inherited_descriptors();
     let e = match nix::unistd::execve(&p.path, &p.argv, &p.envp) {
         Err(e) => e,
         Ok(never) => match never {},
     };
-    fail(status, Step::Exec, e)
+    fail(status, Step::Exec, e, 0)
+}
+
+/// Removes every capability not in `keep` from the bounding set, so no exec can regain it.
+fn drop_bounding(keep: u64, last_cap: u32) -> Result<(), Errno> {
+    for cap in 0..=last_cap.min(63) {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            let e = Errno::last();
+            // EINVAL: a capability this kernel does not have.
+            if e != Errno::EINVAL {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Sets effective, permitted and inheritable to `keep` and raises `keep` in the ambient set,
+/// so a non-root user keeps exactly these capabilities across exec (root gets its bounding
+/// set, which [`drop_bounding`] already reduced).
+fn set_capabilities(keep: u64, last_cap: u32) -> Result<(), Errno> {
+    let mut header = CapHeader { version: CAP_VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget fills two CapData structs for version 3, which `data` provides.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header as *mut CapHeader, data.as_mut_ptr()) }
+        != 0
+    {
+        return Err(Errno::last());
+    }
+    for (i, d) in data.iter_mut().enumerate() {
+        let want = (keep >> (32 * i)) as u32 & d.permitted;
+        *d = CapData { effective: want, permitted: want, inheritable: want };
+    }
+    // SAFETY: capset reads the header and two CapData structs that live for the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
+        return Err(Errno::last());
+    }
+    for cap in 0..=last_cap.min(63) {
+        if keep & (1 << cap) == 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        // EPERM: not in the permitted set (it was not there to keep); EINVAL: unknown here.
+        if rc != 0 && !matches!(Errno::last(), Errno::EPERM | Errno::EINVAL) {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
 }
 
 fn reset_signals() {
@@ -302,11 +587,24 @@ fn close_inherited_descriptors() {
     }
 }
 
-/// Reports a failed step to the parent and exits the child.
-fn fail(status: RawFd, step: Step, errno: Errno) -> ! {
-    let mut msg = [0u8; 8];
+fn record(step: Step, errno: i32, detail: u32) -> [u8; RECORD] {
+    let mut msg = [0u8; RECORD];
     msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-    msg[4..].copy_from_slice(&(errno as i32).to_ne_bytes());
+    msg[4..8].copy_from_slice(&errno.to_ne_bytes());
+    msg[8..].copy_from_slice(&detail.to_ne_bytes());
+    msg
+}
+
+/// Tells the parent something that is not a failure.
+fn note(status: RawFd, step: Step) {
+    let msg = record(step, 0, 0);
+    // SAFETY: writing a stack buffer to a pipe.
+    unsafe { libc::write(status, msg.as_ptr().cast(), msg.len()) };
+}
+
+/// Reports a failed step to the parent and exits the child.
+fn fail(status: RawFd, step: Step, errno: Errno, detail: u32) -> ! {
+    let msg = record(step, errno as i32, detail);
     // SAFETY: writing a stack buffer to a pipe, then leaving without running any destructors
     // or atexit handlers of the parent's copy of the process.
     unsafe {
@@ -315,14 +613,17 @@ fn fail(status: RawFd, step: Step, errno: Errno) -> ! {
     }
 }
 
-/// Decodes what the status pipe said: None on a clean exec (no bytes).
-pub fn decode_status(bytes: &[u8]) -> Option<(Option<Step>, Errno)> {
-    if bytes.len() < 8 {
-        return None;
-    }
-    let step = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let errno = i32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    Some((Step::from_code(step), Errno::from_raw(errno)))
+/// Decodes what the status pipe said: no records on a clean exec, notes, and at most one
+/// failure, last.
+pub fn decode_status(bytes: &[u8]) -> Vec<Record> {
+    bytes
+        .chunks_exact(RECORD)
+        .map(|b| Record {
+            step: Step::from_code(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            errno: Errno::from_raw(i32::from_ne_bytes([b[4], b[5], b[6], b[7]])),
+            detail: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        })
+        .collect()
 }
 
 /// Explains an exec failure the way an operator needs it: for ENOENT on a file that exists, the
@@ -356,12 +657,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_round_trips() {
-        let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&(Step::SetUid as u32).to_ne_bytes());
-        msg[4..].copy_from_slice(&(Errno::EPERM as i32).to_ne_bytes());
-        assert_eq!(decode_status(&msg), Some((Some(Step::SetUid), Errno::EPERM)));
-        assert_eq!(decode_status(&[]), None);
+    fn status_round_trips_notes_and_failures() {
+        let mut bytes = record(Step::MoveChroot, 0, 0).to_vec();
+        bytes.extend(record(Step::Container, Errno::EPERM as i32, 7));
+        let records = decode_status(&bytes);
+        assert_eq!(records.len(), 2);
+        assert!(records[0].step.unwrap().is_note());
+        assert_eq!(
+            records[1],
+            Record { step: Some(Step::Container), errno: Errno::EPERM, detail: 7 }
+        );
+        assert!(decode_status(&[]).is_empty());
+        for step in STEPS {
+            assert_eq!(Step::from_code(*step as u32), Some(*step));
+        }
     }
 
     #[test]

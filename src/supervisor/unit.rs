@@ -39,6 +39,8 @@ pub enum State {
 impl State {
     /// Whether a process of this service may be alive.
     pub fn is_active(&self) -> bool {
+        // A unit whose main process is gone but whose cgroup still drains keeps its state
+        // until the group is empty, so it counts as active through its state.
         matches!(self, State::Starting | State::Running | State::Stopping { .. })
     }
 }
@@ -52,6 +54,8 @@ pub enum Exit {
     Setup(Option<Step>, Errno),
     /// fork or the preparation in PID 1 failed.
     Spawn,
+    /// SIGKILLed by the kernel's OOM killer (memory.events oom_kill went up).
+    Oom,
 }
 
 impl Exit {
@@ -90,6 +94,14 @@ pub struct Unit {
     pub replacement: Option<Service>,
     /// Gone from the configuration: dropped once stopped.
     pub removed: bool,
+    /// The service's cgroup while it has one.
+    pub group: Option<crate::cgroup::Group>,
+    /// memory.events oom_kill when the current run started.
+    pub oom_kills: u64,
+    /// The main process ended with this; waiting for the rest of the cgroup to go.
+    pub draining: Option<Exit>,
+    /// Labels of the container setup steps of the current run.
+    pub labels: Vec<String>,
 }
 
 impl Unit {
@@ -111,6 +123,10 @@ impl Unit {
             restart_requested: false,
             replacement: None,
             removed: false,
+            group: None,
+            oom_kills: 0,
+            draining: None,
+            labels: Vec::new(),
         }
     }
 
@@ -204,6 +220,7 @@ impl Unit {
                 format!("{step} failed ({errno:?})")
             }
             Exit::Spawn => "could not be started".into(),
+            Exit::Oom => "killed by OOM (memory.max reached)".into(),
         }
     }
 

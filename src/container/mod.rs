@@ -1,0 +1,497 @@
+//! Containers: the root filesystem and the namespaces a `[container]` service runs in.
+//!
+//! The parent (PID 1) turns the `[container]` table into a [`Plan`]: a flat list of named
+//! operations (mkdir, mount, sethostname, pivot_root, ...) with every path already a C string.
+//! The child, after clone3 put it in its new namespaces, only walks that list, so it makes
+//! system calls and nothing else, and reports a failing operation by its index; the parent
+//! turns the index back into the operation's label for the log. Because the plan is data, the
+//! unit tests check the exact mount sequence without root.
+//!
+//! Key choices:
+//! - the service is PID 1 of its PID namespace (no helper process in between): it sees itself
+//!   as PID 1 and reaps its own orphans, as under any init; when it exits, the kernel kills
+//!   whatever is left in the namespace. A program that does not reap should be started through
+//!   one that does (BusyBox `sh -c`, for example).
+//! - propagation: the child first makes every mount a slave (MS_REC|MS_SLAVE), so host
+//!   unmounts still reach it and nothing it mounts reaches the host.
+//! - root switch: pivot_root(".", ".") then a lazy unmount of the old root; where the host
+//!   root is the initramfs pivot_root fails with EINVAL, and the child falls back to moving
+//!   the new root onto / and chroot. It reports which one it used.
+
+pub mod net;
+pub mod rootfs;
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::config::{Network, Service, Upper};
+
+/// Where containers keep their files on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// `IMAGE_STORE/NAME` is the image directory of image NAME.
+    pub image_store: PathBuf,
+    /// `STATE/NAME/{upper,work}`: the persistent layer of service NAME.
+    pub state: PathBuf,
+    /// `RUN/NAME`: the mount point of the container's tmpfs and root (only ever mounted
+    /// inside the container's mount namespace).
+    pub run: PathBuf,
+}
+
+impl Paths {
+    pub fn from_system(system: &crate::config::System) -> Paths {
+        Paths {
+            image_store: system.image_store.clone(),
+            state: system.container_state.clone(),
+            run: PathBuf::from("/run/brig/containers"),
+        }
+    }
+}
+
+/// One step of container setup, executed by the child in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// mkdir; EEXIST is fine.
+    Mkdir(CString),
+    /// Create an empty file to bind a device node onto; EEXIST is fine.
+    Touch(CString),
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: MsFlags,
+        data: Option<CString>,
+        /// ENOENT is fine (a /proc file this kernel does not have).
+        optional: bool,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    Hostname(CString),
+    LoopbackUp,
+    /// chdir into the new root and switch to it (pivot_root, or move-mount + chroot).
+    SwitchRoot(CString),
+    /// Attach the squashfs image `image_fd` to a free loop device, read-only and cleared
+    /// when unmounted, and mount it on `target`.
+    LoopMount {
+        image_fd: i32,
+        target: CString,
+    },
+    /// An rtnetlink request: on the host's netlink socket (`host`), or on one of the
+    /// container's own network namespace; `ignore`: an errno that is fine.
+    Netlink {
+        host: Option<i32>,
+        msg: Vec<u8>,
+        ignore: Option<Errno>,
+    },
+}
+
+/// Which root switch the child used, reported to the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    PivotRoot,
+    MoveChroot,
+}
+
+/// Everything the child does for a container, with a label per operation for the log.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub labels: Vec<String>,
+    /// Host-side descriptors of bridge networking, kept open until the clone.
+    pub host_fds: Option<net::HostFds>,
+    /// A squashfs image, opened for the child to attach to a loop device.
+    pub image_fd: Option<OwnedFd>,
+    /// Namespaces for clone3 (CLONE_NEW*), without CLONE_NEWCGROUP: the child enters that
+    /// one itself once it is in its own cgroup, so the namespace is rooted there.
+    pub clone_flags: u64,
+}
+
+/// Why a container cannot be prepared: the operation, the path and the errno.
+#[derive(Debug)]
+pub struct PrepareError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub errno: Errno,
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{} {}: {} ({:?})", self.op, self.path.display(), self.errno.desc(), self.errno)
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> PrepareError + 'a {
+    move |e| PrepareError {
+        op,
+        path: path.to_path_buf(),
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// The directory of a service's image.
+pub fn image_dir(paths: &Paths, image: &str) -> PathBuf {
+    if image.starts_with('/') {
+        PathBuf::from(image)
+    } else {
+        paths.image_store.join(image)
+    }
+}
+
+/// Checks the image and prepares the host side (directories, a clean persistent workdir),
+/// then builds the plan. Allocates freely: it runs in PID 1 before clone.
+pub fn prepare(svc: &Service, paths: &Paths) -> Result<Option<Plan>, PrepareError> {
+    let Some(c) = &svc.container else { return Ok(None) };
+    let (image, image_fd) = locate_image(paths, &c.image)?;
+    let run = paths.run.join(&svc.name);
+    std::fs::create_dir_all(&run).map_err(io_err("mkdir", &run))?;
+    let layer = match c.upper {
+        Upper::Ephemeral => None,
+        Upper::Persistent => {
+            let dir = paths.state.join(&svc.name);
+            let upper = dir.join("upper");
+            let work = dir.join("work");
+            std::fs::create_dir_all(&upper).map_err(io_err("mkdir", &upper))?;
+            // A workdir left by a crash or power cut can make the overlay mount fail: it only
+            // ever holds overlayfs's scratch files, so start it empty.
+            match std::fs::remove_dir_all(&work) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("clean stale workdir", &work)(e)),
+            }
+            std::fs::create_dir_all(&work).map_err(io_err("mkdir", &work))?;
+            Some((upper, work))
+        }
+    };
+    let layer = layer.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
+    let lower = match &image_fd {
+        Some(fd) => rootfs::Lower::Squashfs(fd.as_raw_fd()),
+        None => rootfs::Lower::Dir(&image),
+    };
+    let mut plan = rootfs::plan(svc, c, lower, &run, layer);
+    plan.image_fd = image_fd;
+    if let Some(b) = &c.bridge {
+        let (fds, ops) = net::prepare(&svc.name, b)?;
+        // Just before the root switch, after `lo` is up.
+        let at = plan.ops.len().saturating_sub(1);
+        for (k, (label, op)) in ops.into_iter().enumerate() {
+            plan.labels.insert(at + k, label);
+            plan.ops.insert(at + k, op);
+        }
+        plan.host_fds = Some(fds);
+    }
+    Ok(Some(plan))
+}
+
+/// Finds the image: the directory `IMAGE_STORE/NAME` (or the absolute path given), else the
+/// squashfs file `IMAGE_STORE/NAME.squashfs` (or an absolute path to a file), which is opened
+/// here for the child to attach to a loop device.
+fn locate_image(paths: &Paths, name: &str) -> Result<(PathBuf, Option<OwnedFd>), PrepareError> {
+    let dir = image_dir(paths, name);
+    let file = if name.starts_with('/') {
+        dir.clone()
+    } else {
+        paths.image_store.join(format!("{name}.squashfs"))
+    };
+    if std::fs::metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        // overlayfs splits its options at ',' and ':'.
+        if dir.as_os_str().as_bytes().iter().any(|b| b",:".contains(b)) {
+            return Err(PrepareError { op: "use image path", path: dir, errno: Errno::EINVAL });
+        }
+        return Ok((dir, None));
+    }
+    match std::fs::File::open(&file) {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Ok((file, Some(OwnedFd::from(f)))),
+        Ok(_) => Err(PrepareError { op: "open image", path: dir, errno: Errno::ENOTDIR }),
+        // Name the directory: the usual form of an image.
+        Err(e) => Err(io_err("open image", &dir)(e)),
+    }
+}
+
+/// Clone flags for a container's namespaces.
+pub fn clone_flags(network: Network) -> u64 {
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if network != Network::Host {
+        flags |= libc::CLONE_NEWNET;
+    }
+    flags as u64
+}
+
+/// Runs the plan in the child. Only system calls on prepared data: safe between clone and
+/// exec. On failure returns the index of the failed operation and the errno.
+pub fn enter(plan: &Plan) -> Result<Switch, (u32, Errno)> {
+    // The cgroup namespace, rooted at the service's own group (the child is in it now).
+    // SAFETY: unshare with a namespace flag only changes this process's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err((UNSHARE_CGROUP, Errno::last()));
+    }
+    // Nothing mounted from here on reaches the host; host unmounts still reach us.
+    if let Err(e) = nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    ) {
+        return Err((MAKE_SLAVE, e));
+    }
+    let mut switch = Switch::PivotRoot;
+    let mut own_netlink = None;
+    for (i, op) in plan.ops.iter().enumerate() {
+        match run_op(op, &mut own_netlink) {
+            Ok(Some(s)) => switch = s,
+            Ok(None) => {}
+            Err(e) => return Err((u32::try_from(i).unwrap_or(u32::MAX - 2), e)),
+        }
+    }
+    Ok(switch)
+}
+
+fn run_op(op: &Op, own_netlink: &mut Option<i32>) -> Result<Option<Switch>, Errno> {
+    match op {
+        Op::Netlink { host, msg, ignore } => {
+            let fd = match (*host, *own_netlink) {
+                (Some(fd), _) | (None, Some(fd)) => fd,
+                (None, None) => {
+                    // SAFETY: socket(2) with constant arguments; the descriptor is
+                    // close-on-exec and lives until the exec.
+                    let fd = unsafe {
+                        libc::socket(
+                            libc::AF_NETLINK,
+                            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                            libc::NETLINK_ROUTE,
+                        )
+                    };
+                    if fd < 0 {
+                        return Err(Errno::last());
+                    }
+                    *own_netlink = Some(fd);
+                    fd
+                }
+            };
+            match net::send(fd, msg) {
+                Err(e) if Some(e) == *ignore => Ok(None),
+                other => other.map(|()| None),
+            }
+        }
+        Op::Mkdir(path) => match nix::unistd::mkdir(
+            path.as_c_str(),
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        ) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(None),
+            Err(e) => Err(e),
+        },
+        Op::Touch(path) => {
+            let flags = nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_CLOEXEC;
+            let fd = nix::fcntl::open(
+                path.as_c_str(),
+                flags,
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )?;
+            let _ = nix::unistd::close(fd);
+            Ok(None)
+        }
+        Op::Mount { source, target, fstype, flags, data, optional } => {
+            match nix::mount::mount(
+                source.as_deref(),
+                target.as_c_str(),
+                fstype.as_deref(),
+                *flags,
+                data.as_deref(),
+            ) {
+                Ok(()) => Ok(None),
+                Err(Errno::ENOENT) if *optional => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Symlink { target, link } => {
+            match nix::unistd::symlinkat(target.as_c_str(), None, link.as_c_str()) {
+                Ok(()) | Err(Errno::EEXIST) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Hostname(name) => {
+            // SAFETY: the pointer and length describe a live C string.
+            let rc = unsafe { libc::sethostname(name.as_ptr(), name.as_bytes().len()) };
+            if rc != 0 {
+                return Err(Errno::last());
+            }
+            Ok(None)
+        }
+        Op::LoopbackUp => loopback_up().map(|()| None),
+        Op::LoopMount { image_fd, target } => loop_mount(*image_fd, target).map(|()| None),
+        Op::SwitchRoot(root) => switch_root(root).map(Some),
+    }
+}
+
+/// pivot_root(".", ".") into `root`, or where that is impossible (the host root is the
+/// initramfs: EINVAL), move `root` onto / and chroot.
+fn switch_root(root: &CString) -> Result<Switch, Errno> {
+    nix::unistd::chdir(root.as_c_str())?;
+    // SAFETY: pivot_root takes two C strings; "." stays valid for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+    if rc == 0 {
+        // The old root is now stacked under "."; detach it so nothing of the host is left.
+        nix::mount::umount2(".", MntFlags::MNT_DETACH)?;
+        nix::unistd::chdir("/")?;
+        return Ok(Switch::PivotRoot);
+    }
+    let e = Errno::last();
+    if e != Errno::EINVAL {
+        return Err(e);
+    }
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")?;
+    Ok(Switch::MoveChroot)
+}
+
+/// linux/loop.h
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+/// struct loop_config of linux/loop.h (Linux 5.8), with its struct loop_info64.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+    reserved: [u64; 8],
+}
+
+/// Attaches `image_fd` to a free loop device and mounts its squashfs read-only on `target`.
+/// Another process may take the free device first (EBUSY): then the next one is tried.
+fn loop_mount(image_fd: i32, target: &CString) -> Result<(), Errno> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDWR | OFlag::O_CLOEXEC;
+    let ctl = nix::fcntl::open(c"/dev/loop-control", flags, nix::sys::stat::Mode::empty())?;
+    let mut result = Err(Errno::EBUSY);
+    for _ in 0..8 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(ctl, LOOP_CTL_GET_FREE as _) };
+        if n < 0 {
+            result = Err(Errno::last());
+            break;
+        }
+        let mut path = [0u8; 32];
+        let len = loop_path(n as u32, &mut path);
+        let dev = CStr::from_bytes_with_nul(&path[..=len]).map_err(|_| Errno::EINVAL)?;
+        let fd = nix::fcntl::open(dev, flags, nix::sys::stat::Mode::empty())?;
+        // SAFETY: LoopConfig is plain data; all-zero is a valid value.
+        let mut config: LoopConfig = unsafe { std::mem::zeroed() };
+        config.fd = image_fd as u32;
+        config.flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        // SAFETY: LOOP_CONFIGURE reads a struct loop_config that lives for the call.
+        let rc = unsafe { libc::ioctl(fd, LOOP_CONFIGURE as _, &config as *const LoopConfig) };
+        let errno = Errno::last();
+        if rc == 0 {
+            let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+            result =
+                nix::mount::mount(Some(dev), target.as_c_str(), Some("squashfs"), ro, None::<&str>);
+            let _ = nix::unistd::close(fd);
+            break;
+        }
+        let _ = nix::unistd::close(fd);
+        result = Err(errno);
+        if errno != Errno::EBUSY {
+            break;
+        }
+    }
+    let _ = nix::unistd::close(ctl);
+    result
+}
+
+/// Writes `/dev/loopN` and a NUL into `buf` without allocating; returns the NUL's index.
+fn loop_path(n: u32, buf: &mut [u8; 32]) -> usize {
+    let prefix = b"/dev/loop";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let (mut i, mut v) = (digits.len(), n);
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let end = prefix.len() + digits.len() - i;
+    buf[prefix.len()..end].copy_from_slice(&digits[i..]);
+    buf[end] = 0;
+    end
+}
+
+/// Sets `lo` up in a fresh network namespace (it starts down).
+fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads a struct ifreq that lives for the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) };
+    let result = if rc == 0 { Ok(()) } else { Err(Errno::last()) };
+    let _ = nix::unistd::close(fd);
+    result
+}
+
+/// The log text for a failed operation index from [`enter`].
+pub fn describe_failure(labels: &[String], index: u32) -> String {
+    match index {
+        UNSHARE_CGROUP => "unshare cgroup namespace".into(),
+        MAKE_SLAVE => "make / a recursive slave mount".into(),
+        i => labels.get(i as usize).cloned().unwrap_or_else(|| format!("container setup step {i}")),
+    }
+}
+
+/// Failure indexes of the steps before the plan.
+const UNSHARE_CGROUP: u32 = u32::MAX;
+const MAKE_SLAVE: u32 = u32::MAX - 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_device_paths_are_written_without_allocating() {
+        let mut buf = [0u8; 32];
+        let end = loop_path(0, &mut buf);
+        assert_eq!(&buf[..=end], b"/dev/loop0\0");
+        let end = loop_path(4_294_967_295, &mut buf);
+        assert_eq!(&buf[..=end], b"/dev/loop4294967295\0");
+    }
+
+    #[test]
+    fn loop_config_has_the_kernel_layout() {
+        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
+    }
+}

@@ -1,0 +1,174 @@
+//! The supervisor's side of cgroups: a unit's group is created (with its limits) before each
+//! start, signalled and killed as a whole at stop, and the unit is down only once the group is
+//! empty. An OOM kill is recognised by the `oom_kill` counter of memory.events.
+//!
+//! Emptiness is checked when children are reaped (the processes of a killed service are
+//! PID 1's orphans, or die with their PID namespace) and, while a group drains, on a short
+//! timer, since a process can leave without PID 1 seeing it (brig not PID 1, or a process
+//! re-parented to a sub-reaper).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::unit::Exit;
+use super::Supervisor;
+use crate::config::Kind;
+
+/// How often a draining group is looked at when no child exit says so.
+pub const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+impl Supervisor {
+    /// Creates the cgroup of unit `i` with its limits. Err: logged, the start fails.
+    pub(super) fn prepare_group(&mut self, i: usize) -> Result<(), String> {
+        let unit = &mut self.units[i];
+        let Some(tree) = &self.cgroups else {
+            if !unit.svc.limits.is_empty() {
+                return Err("limits need a cgroup2 hierarchy, and there is none".into());
+            }
+            return Ok(());
+        };
+        let group = tree.group(unit.name());
+        group.create(&unit.svc.limits.files).map_err(|e| e.to_string())?;
+        unit.oom_kills = group.oom_kills().unwrap_or(0);
+        unit.group = Some(group);
+        Ok(())
+    }
+
+    /// Called when the main process of unit `i` ended with `exit`: the exit to report (an
+    /// OOM kill is named as such), or None while the rest of its group is still being killed.
+    pub(super) fn group_exit(&mut self, i: usize, exit: Exit) -> Option<Exit> {
+        let unit = &mut self.units[i];
+        let Some(group) = &unit.group else { return Some(exit) };
+        let oom_kills = group.oom_kills().unwrap_or(0).saturating_sub(unit.oom_kills);
+        let exit = match exit {
+            Exit::Signal(Signal::SIGKILL) if oom_kills > 0 => Exit::Oom,
+            _ => {
+                if oom_kills > 0 {
+                    // The OOM killer picked other processes of the service, not its main one.
+                    log::warn!(
+                        "service {}: {oom_kills} of its processes killed by OOM",
+                        unit.name()
+                    );
+                }
+                exit
+            }
+        };
+        // A oneshot that succeeded may leave daemons it started; they stay in its group
+        // until the service is stopped.
+        let keep = unit.svc.kind == Kind::Oneshot && exit.success();
+        if keep || !group.populated() {
+            if !keep {
+                group.remove();
+            }
+            return Some(exit);
+        }
+        log::debug!("service {}: main process gone, killing the rest of its cgroup", unit.name());
+        if let Err(e) = group.kill() {
+            log::error!("service {}: {e}", unit.name());
+        }
+        unit.draining = Some(exit);
+        None
+    }
+
+    /// Finishes the units whose group has emptied since their main process ended.
+    pub(super) fn settle_drained(&mut self, now: Instant) {
+        for i in 0..self.units.len() {
+            let unit = &mut self.units[i];
+            let Some(exit) = unit.draining else { continue };
+            if unit.group.as_ref().is_some_and(|g| g.populated()) {
+                continue;
+            }
+            unit.draining = None;
+            if let Some(g) = &unit.group {
+                g.remove();
+            }
+            self.after_run(i, exit, now);
+        }
+    }
+
+    /// Whether some unit waits for its group to empty (the loop then polls).
+    pub(super) fn draining(&self) -> bool {
+        self.units.iter().any(|u| u.draining.is_some())
+    }
+
+    /// Sends `sig` to every process of unit `i`: its whole cgroup, or without one its
+    /// process group. Returns false when the unit has nothing left to signal.
+    pub(super) fn signal_unit(&self, i: usize, sig: Signal) -> bool {
+        let unit = &self.units[i];
+        match (&unit.group, unit.pid) {
+            (Some(g), _) => {
+                if sig == Signal::SIGKILL {
+                    if let Err(e) = g.kill() {
+                        log::error!("service {}: {e}", unit.name());
+                    }
+                } else {
+                    g.signal(sig);
+                }
+                true
+            }
+            (_, Some(pid)) => {
+                super::signal_group(pid, sig);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::Group;
+    use crate::config::service::parse;
+    use crate::config::Tree;
+    use crate::supervisor::unit::State;
+    use std::path::PathBuf;
+
+    fn sup_with_group(tag: &str, events: &str, procs_populated: bool) -> (Supervisor, PathBuf) {
+        let svc = parse("hog", "hog.toml".into(), "exec = [\"/x\"]\n").unwrap().0;
+        let tree = Tree { services: vec![svc], ..Tree::default() };
+        let mut s = Supervisor::new(tree, crate::supervisor::Setup::default()).unwrap();
+        let dir = std::env::temp_dir().join(format!("brig-groups-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.events"), events).unwrap();
+        let populated = if procs_populated { "populated 1\n" } else { "populated 0\n" };
+        std::fs::write(dir.join("cgroup.events"), populated).unwrap();
+        s.units[0].group = Some(Group { dir: dir.clone() });
+        s.units[0].oom_kills = 1;
+        (s, dir)
+    }
+
+    #[test]
+    fn sigkill_counted_by_memory_events_is_reported_as_oom() {
+        let (mut s, dir) = sup_with_group("oom", "oom 2\noom_kill 2\n", false);
+        assert_eq!(s.group_exit(0, Exit::Signal(Signal::SIGKILL)), Some(Exit::Oom));
+        assert_eq!(s.units[0].describe_exit(Exit::Oom), "killed by OOM (memory.max reached)");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn sigkill_without_a_new_oom_kill_stays_a_signal() {
+        let (mut s, dir) = sup_with_group("kill", "oom 1\noom_kill 1\n", false);
+        let exit = Exit::Signal(Signal::SIGKILL);
+        assert_eq!(s.group_exit(0, exit), Some(exit));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn service_is_not_down_while_its_group_still_has_processes() {
+        let (mut s, dir) = sup_with_group("drain", "oom_kill 1\n", true);
+        // cgroup.kill is a plain file here: the write succeeds, nothing dies.
+        std::fs::write(dir.join("cgroup.kill"), "").unwrap();
+        assert_eq!(s.group_exit(0, Exit::Code(1)), None);
+        assert!(s.draining());
+        assert_eq!(std::fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
+        std::fs::write(dir.join("cgroup.events"), "populated 0\n").unwrap();
+        s.units[0].set(State::Running);
+        s.settle_drained(std::time::Instant::now());
+        assert!(!s.draining());
+        assert_eq!(s.units[0].last_exit, Some(Exit::Code(1)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
