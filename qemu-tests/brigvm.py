@@ -202,6 +202,8 @@ def stage_base(root, arch, kernel, brig):
     os.mknod(os.path.join(root, "dev", "console"), 0o20600, os.makedev(5, 1))
     shutil.copy(brig, os.path.join(root, "init"))
     os.symlink("/init", os.path.join(root, "sbin", "init"))
+    # The same binary is the client: `brig status` on the console or in a probe.
+    os.symlink("/init", os.path.join(root, "usr", "bin", "brig"))
     shutil.copy(fetch_busybox(arch), os.path.join(root, "bin", "busybox"))
     for applet in busybox_applets():
         link = os.path.join(root, applet)

@@ -516,3 +516,45 @@ def check_restart_schedule(text, name, delay, slack, at_least):
     expect_true(len(gaps) >= at_least, f"{name}: {len(gaps)} restarts, want at least {at_least}")
     late = [g for g in gaps if g > delay + slack]
     expect_true(not late, f"{name}: restarts {late} s after the decision (delay {delay} s)")
+
+
+# --- cgroup v2 limits (the host running `cargo test` may keep these controllers in v1, so they are
+# proven here, where brig mounts a pure v2 hierarchy itself) ------------------------------------
+
+@scenario(files={
+    # dd asks for one 64 MiB buffer at once: far over memory.max, so the OOM killer takes it.
+    svc("hog"): 'exec = ["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]\n'
+                'restart_delay = "200ms"\nrestart_limit = 3\n'
+                '[limits]\nmemory_max = "16M"\nmemory_swap_max = 0\n',
+    svc("calm"): 'exec = ["/bin/sleep", "3600"]\n',
+})
+def memory_hog_is_oom_killed_reported_as_oom_and_restarted(vm):
+    vm.expect_brig(r"service hog: killed by OOM \(memory\.max reached\)")
+    vm.expect_brig(r"service hog: restarting in 200 ms")
+    vm.expect_brig(r"service hog: killed by OOM")
+    vm.expect_brig(r"service hog: failed: 3 failures")
+    expect_true("service calm: killed" not in vm.text and "service calm: exited" not in vm.text,
+                "the sibling was hit too")
+
+
+FORK_BOMB_PROBE = """#!/bin/sh
+sleep 3
+echo "PROBE responsive pids=$(cat /sys/fs/cgroup/services/bomb/pids.current)"
+"""
+
+
+@scenario(files={
+    # Each wave of forks hits pids.max; the shell gives up when its own fork fails, and brig
+    # restarts it: the pressure lasts the whole scenario.
+    svc("bomb"): 'exec = ["/bin/sh", "-c", "b() { b & b & wait; }; while :; do b 2>/dev/null; done"]\n'
+                 'restart_delay = "100ms"\nrestart_limit = 50\n[limits]\npids_max = 32\n',
+    "/opt/bomb-probe.sh": Mode(FORK_BOMB_PROBE, 0o755),
+    svc("probe"): 'exec = ["/opt/bomb-probe.sh"]\ntype = "oneshot"\nconsole = true\n',
+    svc("trigger"): trigger("poweroff", ["probe"]),
+})
+def fork_bomb_is_contained_by_pids_max(vm):
+    vm.expect(r"fork rejected by pids controller in /services/bomb", timeout=60)
+    vm.cursor = 0
+    m = vm.expect(r"PROBE responsive pids=(\d+)", timeout=60)
+    expect_true(int(m.group(1)) <= 32, f"pids.current {m.group(1)} above pids.max 32")
+    vm.expect("reboot: Power down", timeout=40)
