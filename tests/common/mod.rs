@@ -22,6 +22,8 @@ pub struct Run {
     pub log: String,
     pub signal: Option<i32>,
     pub elapsed: Duration,
+    /// The test's cgroup, removed when the run is dropped.
+    pub cgroup: Option<TestCgroup>,
 }
 
 impl Run {
@@ -53,15 +55,29 @@ pub struct Booted {
     pub dir: PathBuf,
     pub socket: PathBuf,
     start: Instant,
-    /// Dropped after the namespace ended: kills what is left and removes the groups.
-    cgroup: TestCgroup,
+    /// Handed to the `Run`, dropped after the namespace ended: kills what is left and removes
+    /// the groups.
+    cgroup: Option<TestCgroup>,
 }
 
-/// Writes the config and starts brig in new namespaces.
+/// Writes the config under the target directory and starts brig in new namespaces.
 pub fn start(test: &str, system: &str, services: &[(&str, &str)]) -> Booted {
-    require_root();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ns-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
+    start_in(test, &dir, system, services, false)
+}
+
+/// Writes the config into `dir` and starts brig in new namespaces; with `cgroupns`, also in a
+/// cgroup namespace rooted at the test's cgroup.
+pub fn start_in(
+    test: &str,
+    dir: &Path,
+    system: &str,
+    services: &[(&str, &str)],
+    cgroupns: bool,
+) -> Booted {
+    require_root();
+    let dir = dir.to_path_buf();
     std::fs::create_dir_all(dir.join("services")).unwrap();
     std::fs::write(dir.join("system.toml"), system).unwrap();
     for (name, text) in services {
@@ -72,7 +88,7 @@ pub fn start(test: &str, system: &str, services: &[(&str, &str)]) -> Booted {
     let cgroup = TestCgroup::new(test);
     let argv =
         [BRIG, "init", "--config", dir.to_str().unwrap(), "--socket", socket.to_str().unwrap()];
-    let brig = cgroup.wrap(&argv, false);
+    let brig = cgroup.wrap(&argv, cgroupns);
     let start = Instant::now();
     let mut child = Command::new("unshare")
         .args([
@@ -105,7 +121,7 @@ pub fn start(test: &str, system: &str, services: &[(&str, &str)]) -> Booted {
             sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    Booted { child, log, reader: Some(reader), dir, socket, start, cgroup }
+    Booted { child, log, reader: Some(reader), dir, socket, start, cgroup: Some(cgroup) }
 }
 
 impl Booted {
@@ -152,7 +168,7 @@ impl Booted {
         if let Some(reader) = self.reader.take() {
             reader.join().unwrap();
         }
-        Run { log: self.log(), signal: status.signal(), elapsed }
+        Run { log: self.log(), signal: status.signal(), elapsed, cgroup: self.cgroup.take() }
     }
 }
 
