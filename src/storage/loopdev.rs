@@ -1,23 +1,27 @@
-//! Attaching an image file to a loop device, read-only, through /dev/loop-control
-//! (loop(4)): what `mount -o loop` does in util-linux, which PID 1 cannot call.
+//! Attaching a squashfs image file to a loop device and mounting it read-only (loop(4)):
+//! what `mount -o loop` does in util-linux, which PID 1 cannot call. Used for the read-only
+//! base of the root filesystem and for container images.
+//!
+//! LOOP_CONFIGURE (Linux 5.8) binds the file and sets read-only and autoclear in one call, so
+//! the device is released when its last user is gone. Nothing here allocates: it also runs in
+//! a container's child between fork and exec.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::ffi::{CStr, CString};
 
 use nix::errno::Errno;
+use nix::mount::MsFlags;
 
-use super::StorageError;
-
+/// linux/loop.h
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-const LOOP_SET_FD: libc::c_ulong = 0x4C00;
-const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
-/// struct loop_info64 of <linux/loop.h>.
+/// struct loop_config of linux/loop.h (Linux 5.8), with its struct loop_info64.
 #[repr(C)]
-struct LoopInfo64 {
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
     device: u64,
     inode: u64,
     rdevice: u64,
@@ -31,46 +35,86 @@ struct LoopInfo64 {
     crypt_name: [u8; 64],
     encrypt_key: [u8; 32],
     init: [u64; 2],
+    reserved: [u64; 8],
 }
 
-fn err(op: &'static str, path: &Path, errno: Errno) -> StorageError {
-    StorageError { op, path: path.to_path_buf(), errno }
+/// Attaches `image_fd` to a free loop device and mounts its squashfs read-only on `target`.
+/// Another process may take the free device first (EBUSY): then the next one is tried.
+pub fn mount_squashfs(image_fd: i32, target: &CString) -> Result<(), Errno> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDWR | OFlag::O_CLOEXEC;
+    let ctl = nix::fcntl::open(c"/dev/loop-control", flags, nix::sys::stat::Mode::empty())?;
+    let mut result = Err(Errno::EBUSY);
+    for _ in 0..8 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(ctl, LOOP_CTL_GET_FREE as _) };
+        if n < 0 {
+            result = Err(Errno::last());
+            break;
+        }
+        let mut path = [0u8; 32];
+        let len = loop_path(n as u32, &mut path);
+        let dev = CStr::from_bytes_with_nul(&path[..=len]).map_err(|_| Errno::EINVAL)?;
+        let fd = nix::fcntl::open(dev, flags, nix::sys::stat::Mode::empty())?;
+        // SAFETY: LoopConfig is plain data; all-zero is a valid value.
+        let mut config: LoopConfig = unsafe { std::mem::zeroed() };
+        config.fd = image_fd as u32;
+        config.flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        // SAFETY: LOOP_CONFIGURE reads a struct loop_config that lives for the call.
+        let rc = unsafe { libc::ioctl(fd, LOOP_CONFIGURE as _, &config as *const LoopConfig) };
+        let errno = Errno::last();
+        if rc == 0 {
+            let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+            result =
+                nix::mount::mount(Some(dev), target.as_c_str(), Some("squashfs"), ro, None::<&str>);
+            let _ = nix::unistd::close(fd);
+            break;
+        }
+        let _ = nix::unistd::close(fd);
+        result = Err(errno);
+        if errno != Errno::EBUSY {
+            break;
+        }
+    }
+    let _ = nix::unistd::close(ctl);
+    result
 }
 
-fn open(path: &Path, write: bool) -> Result<File, StorageError> {
-    OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(path)
-        .map_err(|e| err("open", path, Errno::from_raw(e.raw_os_error().unwrap_or(0))))
+/// Writes `/dev/loopN` and a NUL into `buf` without allocating; returns the NUL's index.
+fn loop_path(n: u32, buf: &mut [u8; 32]) -> usize {
+    let prefix = b"/dev/loop";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let (mut i, mut v) = (digits.len(), n);
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let end = prefix.len() + digits.len() - i;
+    buf[prefix.len()..end].copy_from_slice(&digits[i..]);
+    buf[end] = 0;
+    end
 }
 
-/// Attaches `image` to a free loop device, read-only and cleared on last close; returns the
-/// device path.
-pub fn attach_read_only(image: &Path) -> Result<PathBuf, StorageError> {
-    let control_path = Path::new("/dev/loop-control");
-    let control = open(control_path, true)?;
-    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
-    let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
-    if n < 0 {
-        return Err(err("LOOP_CTL_GET_FREE", control_path, Errno::last()));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_config_has_the_kernel_layout() {
+        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
     }
-    let device = PathBuf::from(format!("/dev/loop{n}"));
-    let loop_file = open(&device, false)?;
-    let backing = open(image, false)?;
-    // SAFETY: LOOP_SET_FD takes the backing file's descriptor by value; both fds are open.
-    if unsafe { libc::ioctl(loop_file.as_raw_fd(), LOOP_SET_FD as _, backing.as_raw_fd()) } < 0 {
-        return Err(err("LOOP_SET_FD", &device, Errno::last()));
+
+    #[test]
+    fn loop_device_paths_are_written_without_allocating() {
+        let mut buf = [0u8; 32];
+        let end = loop_path(0, &mut buf);
+        assert_eq!(&buf[..=end], b"/dev/loop0\0");
+        let end = loop_path(4_294_967_295, &mut buf);
+        assert_eq!(&buf[..=end], b"/dev/loop4294967295\0");
     }
-    // SAFETY: an all-zero loop_info64 is a valid value of this plain C struct.
-    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-    info.flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
-    let name = image.as_os_str().as_encoded_bytes();
-    let len = name.len().min(info.file_name.len() - 1);
-    info.file_name[..len].copy_from_slice(&name[..len]);
-    // SAFETY: the ioctl reads one loop_info64 from a valid pointer on an open loop device.
-    if unsafe { libc::ioctl(loop_file.as_raw_fd(), LOOP_SET_STATUS64 as _, &info) } < 0 {
-        return Err(err("LOOP_SET_STATUS64", &device, Errno::last()));
-    }
-    Ok(device)
 }

@@ -11,11 +11,12 @@
 //! itself goes through [`write_atomic`], so a power cut leaves the old or the new file, never
 //! a torn one.
 
-mod loopdev;
+pub mod loopdev;
 
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -186,16 +187,20 @@ fn mount_base(
 ) -> Result<(), StorageError> {
     wait_for(base, wait);
     let meta = sys_io("stat", base, fs::metadata(base))?;
-    let device = if meta.file_type().is_block_device() {
-        base.to_path_buf()
-    } else {
-        loopdev::attach_read_only(base)?
-    };
-    sys(
-        "mount base",
-        &device,
-        mount(Some(device.as_path()), target, Some(fstype), MsFlags::MS_RDONLY, None::<&str>),
-    )
+    if meta.file_type().is_block_device() {
+        let flags = MsFlags::MS_RDONLY;
+        return sys(
+            "mount base",
+            base,
+            mount(Some(base), target, Some(fstype), flags, None::<&str>),
+        );
+    }
+    // An image file: through a loop device (squashfs only).
+    let image = sys_io("open", base, File::open(base))?;
+    let target_c = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| {
+        StorageError { op: "mount base", path: target.to_path_buf(), errno: Errno::EINVAL }
+    })?;
+    sys("mount base image", base, loopdev::mount_squashfs(image.as_raw_fd(), &target_c))
 }
 
 fn mount_data(cfg: &Storage, target: &Path) -> Result<(), StorageError> {
