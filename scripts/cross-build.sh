@@ -32,8 +32,9 @@ fi
 nightly=${BRIG_NIGHTLY:-nightly}
 
 # Both flags make every panic a trap instruction: no message, no unwinding tables, no formatting
-# machinery (about 265 KiB of the aarch64 binary). brig's code denies unwrap/expect/panic, and a
-# PID 1 that panics ends in a kernel panic either way; what is lost is the message on the console.
+# machinery (about 265 KiB of the aarch64 binary). brig's code denies unwrap/expect/panic, and its
+# crash handler turns the trap into the configured fatal-error policy (src/boot/fatal.rs); what is
+# lost is the panic's message on the console.
 immediate_abort=(-Z unstable-options -C panic=immediate-abort)
 build_std_args=(-Z "build-std=std,panic_abort")
 
