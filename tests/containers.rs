@@ -16,10 +16,7 @@ use std::time::Duration;
 use common::{probe, start_in, Run};
 
 fn tmp(test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ct-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch(&format!("ct-{test}"))
 }
 
 /// A BusyBox image under `dir/images/NAME`.
@@ -152,7 +149,7 @@ fn ephemeral_upper_starts_fresh_after_restart_and_persistent_upper_keeps_writes(
 #[test]
 fn stop_kills_forked_and_setsid_children_within_the_stop_timeout() {
     let dir = tmp("stop");
-    let brig = env!("CARGO_BIN_EXE_brig");
+    let brig = common::brig_inside().display().to_string();
     let socket = dir.join("config/brig.sock").display().to_string();
     let stubborn =
         "exec = [\"/bin/sh\", \"-c\", \"setsid sh -c 'trap \\\"\\\" TERM; echo $$ > /tmp/esc.pid; \

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{boot, probe};
@@ -77,8 +76,7 @@ fn setsid_escapee_is_killed_with_its_service_cgroup() {
 
 #[test]
 fn exec_failures_name_the_path_and_errno_without_delaying_siblings() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ns-exec-files");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("ns-exec-files");
     let noexec = dir.join("noexec.sh");
     let badinterp = dir.join("badinterp.sh");
     let empty = dir.join("empty");
@@ -90,7 +88,7 @@ fn exec_failures_name_the_path_and_errno_without_delaying_siblings() {
     std::fs::set_permissions(&badinterp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755)).unwrap();
     let svc = |path: &std::path::Path| {
-        format!("exec = [\"{}\"]\nrestart_limit = 3\nrestart_delay = \"50ms\"\n", path.display())
+        format!("exec = [\"{}\"]\nrestart_limit = 3\nrestart_delay = \"500ms\"\n", path.display())
     };
     let run = boot(
         "exec",
@@ -101,7 +99,7 @@ fn exec_failures_name_the_path_and_errno_without_delaying_siblings() {
             ("badinterp", &svc(&badinterp)),
             ("empty", &svc(&empty)),
             ("healthy", "exec = [\"/bin/sleep\", \"1000\"]\n"),
-            ("probe", &probe("1.5", "kill -USR2 1")),
+            ("probe", &probe("3", "kill -USR2 1")),
         ],
         Duration::from_secs(20),
     );

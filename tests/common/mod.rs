@@ -15,8 +15,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The brig binary under test, also used by probe services as the client.
+/// The brig binary under test, run from the host side (as PID 1 and as the client).
 pub const BRIG: &str = env!("CARGO_BIN_EXE_brig");
+
+/// Where tests keep their files. Not under the cargo target directory: brig mounts fresh
+/// tmpfs on /tmp and /run in its namespace, and a checkout under /tmp (a CI clone) would
+/// vanish from the services' view.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new("/var/tmp/brig-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A copy of the brig binary that services inside the namespace can run (see `scratch`).
+pub fn brig_inside() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let path = scratch("bin").join("brig");
+        std::fs::copy(BRIG, &path).unwrap();
+        path
+    })
+    .clone()
+}
 
 pub struct Run {
     pub log: String,
@@ -62,9 +83,7 @@ pub struct Booted {
 
 /// Writes the config under the target directory and starts brig in new namespaces.
 pub fn start(test: &str, system: &str, services: &[(&str, &str)]) -> Booted {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ns-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    start_in(test, &dir, system, services, false)
+    start_in(test, &scratch(&format!("ns-{test}")), system, services, false)
 }
 
 /// Writes the config into `dir` and starts brig in new namespaces; with `cgroupns`, also in a
