@@ -36,7 +36,8 @@ nightly=${BRIG_NIGHTLY:-nightly}
 # crash handler turns the trap into the configured fatal-error policy (src/boot/fatal.rs); what is
 # lost is the panic's message on the console.
 immediate_abort=(-Z unstable-options -C panic=immediate-abort)
-build_std_args=(-Z "build-std=std,panic_abort")
+# optimize_for_size: std picks its smaller implementations (sorting, formatting, ...).
+build_std_args=(-Z "build-std=std,panic_abort" -Z "build-std-features=optimize_for_size")
 
 case $target in
     x86_64-unknown-linux-musl | aarch64-unknown-linux-musl)
