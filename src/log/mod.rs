@@ -42,10 +42,28 @@ enum Target {
 struct Sink {
     target: Target,
     kmsg_bucket: TokenBucket,
+    /// What the last failed send to /dev/log said, and until when service lines skip it.
+    syslog_pause: Option<(Pause, Instant)>,
 }
 
-static SINK: Mutex<Sink> =
-    Mutex::new(Sink { target: Target::Stderr, kmsg_bucket: TokenBucket::new(50, 20) });
+/// Why service lines do not try /dev/log for a moment: under a flood, one failing sendto per
+/// line would be most of PID 1's work.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// The daemon's queue is full: drop.
+    Busy,
+    /// No daemon listens: go to the kernel log.
+    Absent,
+}
+
+/// How long service lines skip /dev/log after a failed send.
+const SYSLOG_PAUSE: Duration = Duration::from_millis(20);
+
+static SINK: Mutex<Sink> = Mutex::new(Sink {
+    target: Target::Stderr,
+    kmsg_bucket: TokenBucket::new(50, 20),
+    syslog_pause: None,
+});
 
 /// History for `brig logs`: brig's own messages and every service line, bounded per source.
 static RINGS: Mutex<Rings> = Mutex::new(Rings::new(16 * 1024));
@@ -186,22 +204,33 @@ impl Sink {
         let Target::System { kmsg, syslog, early } = &mut self.target else {
             return false;
         };
-        if let Some(sock) = syslog {
-            match sock.send_to(line.as_bytes(), "/dev/log") {
-                Ok(_) => return true,
+        let now = Instant::now();
+        let paused = match self.syslog_pause {
+            Some((why, until)) if limited && now < until => Some(why),
+            _ => None,
+        };
+        match (syslog.as_ref(), paused) {
+            (_, Some(Pause::Busy)) => return false,
+            (Some(sock), None) => match sock.send_to(line.as_bytes(), "/dev/log") {
+                Ok(_) => {
+                    self.syslog_pause = None;
+                    return true;
+                }
                 // The daemon is there but behind: drop rather than wait.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.syslog_pause = Some((Pause::Busy, now + SYSLOG_PAUSE));
                     if limited {
                         return false;
                     }
                 }
                 // No syslogd (yet, or any more): fall through to the kernel log.
-                Err(_) => {}
-            }
+                Err(_) => self.syslog_pause = Some((Pause::Absent, now + SYSLOG_PAUSE)),
+            },
+            _ => {}
         }
         match kmsg {
             Some(file) => {
-                if limited && !self.kmsg_bucket.take(Instant::now()) {
+                if limited && !self.kmsg_bucket.take(now) {
                     return false;
                 }
                 file.write_all(format!("{line}\n").as_bytes()).is_ok()

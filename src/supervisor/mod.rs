@@ -32,7 +32,7 @@ use unit::{Exit, Next, State, Unit};
 /// epoll token of the signalfd; pipes use their descriptor number.
 const SIGNAL_TOKEN: u64 = u64::MAX;
 /// Bytes read from one service's pipe per loop turn, so a flood cannot starve the others.
-const READ_BUDGET: usize = 64 * 1024;
+const READ_BUDGET: usize = 16 * 1024;
 /// How long stragglers get after SIGKILL before the final steps run regardless.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
