@@ -40,6 +40,10 @@ class Arch:
     kernel_pinned: str
     console: str
     qemu: tuple
+    # Waits for markers (and each scenario's hard timeout) are multiplied by this: the 32-bit
+    # guests boot and run several times slower under TCG. Checks of timing between two guest
+    # events use guest timestamps and are not scaled.
+    slowness: float = 1.0
 
 
 ARCHES = {
@@ -61,12 +65,14 @@ ARCHES = {
         "linux-image-armmp:armhf", "linux-image-6.1.0-57-armmp:armhf", "ttyAMA0",
         ("qemu-system-arm", "-M", "virt,highmem=off", "-cpu", "cortex-a15", "-accel", "tcg",
          "-m", "64"),
+        slowness=3.0,
     ),
     # MIPS32 24Kc little-endian: the class of core many routers run.
     "mipsel": Arch(
         "mipsel", "mipsel-unknown-linux-musl", "mipsel",
         "linux-image-4kc-malta:mipsel", "linux-image-6.1.0-50-4kc-malta:mipsel", "ttyS0",
         ("qemu-system-mipsel", "-M", "malta", "-cpu", "24Kc", "-accel", "tcg", "-m", "64"),
+        slowness=3.0,
     ),
 }
 
@@ -334,8 +340,9 @@ class Vm:
     expect() searches from a cursor that moves past each match, so a list of expect() calls checks
     that markers appear in that order."""
 
-    def __init__(self, cmd, port, log_path):
+    def __init__(self, cmd, port, log_path, slowness=1.0):
         self.port = port
+        self.slowness = slowness
         self.log_path = log_path
         self.text = ""
         self.cursor = 0
@@ -368,6 +375,7 @@ class Vm:
     def expect(self, pattern, timeout=30):
         """Wait for `pattern` (regex) after the cursor; returns the match, moves the cursor."""
         rx = re.compile(pattern)
+        timeout *= self.slowness
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -389,7 +397,7 @@ class Vm:
     def quiet_for(self, pattern, seconds):
         """Fail if `pattern` shows up after the cursor within `seconds`."""
         try:
-            m = self.expect(pattern, seconds)
+            m = self.expect(pattern, seconds / self.slowness)
         except ScenarioFailed:
             return
         raise ScenarioFailed(f"unexpected line: {line_of(self.text, m.start())!r}")
@@ -397,7 +405,7 @@ class Vm:
     def wait_exit(self, timeout):
         """QEMU's exit status; fails when it is still running after `timeout` s."""
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(timeout * self.slowness)
         except subprocess.TimeoutExpired:
             raise ScenarioFailed(f"QEMU still running {timeout} s later") from None
 

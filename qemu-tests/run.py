@@ -49,16 +49,17 @@ def run_scenario(arch, kernel, bases, sc):
     initrd = brigvm.concat([bases[sc.base], overlay], overlay.replace(".cpio.gz", ".initrd"))
     port = brigvm.free_port()
     log_path = os.path.join(brigvm.WORK, arch.name, "scenarios", f"{sc.name}.console.log")
-    vm = brigvm.Vm(brigvm.qemu_command(arch, kernel, initrd, port, sc.cmdline), port, log_path)
+    vm = brigvm.Vm(brigvm.qemu_command(arch, kernel, initrd, port, sc.cmdline), port, log_path,
+                   arch.slowness)
     # The hard timeout: killing QEMU makes any pending expect() fail with "QEMU exited".
-    timer = threading.Timer(sc.timeout, vm.proc.kill)
+    timer = threading.Timer(sc.timeout * arch.slowness, vm.proc.kill)
     timer.start()
     try:
         sc.check(vm)
         return None, log_path
     except ScenarioFailed as err:
         if vm.proc.poll() is not None and not timer.is_alive():
-            err = f"hard timeout of {sc.timeout} s: {err}"
+            err = f"hard timeout of {sc.timeout * arch.slowness:.0f} s: {err}"
         return str(err), log_path
     finally:
         timer.cancel()
