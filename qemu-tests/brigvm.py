@@ -271,6 +271,16 @@ def build_brig(arch):
     return brig_binary(arch)
 
 
+def build_sockpest(arch):
+    """The control-socket pest of the client scenarios (qemu-tests/sockpest, std only: seconds
+    to build, nothing when fresh)."""
+    target = os.path.join(REPO, "target", "sockpest")
+    run(["cargo", "build", "-q", "--release", "--manifest-path",
+         os.path.join(REPO, "qemu-tests", "sockpest", "Cargo.toml"), "--target-dir", target,
+         "--target", arch.triple], cwd=REPO)
+    return os.path.join(target, arch.triple, "release", "sockpest")
+
+
 def build_base(arch, with_appliance, fault=False):
     """The per-architecture base archive: BusyBox, brig (the fault-injection build if `fault`),
     modules, and optionally config/."""
@@ -291,6 +301,7 @@ def build_base(arch, with_appliance, fault=False):
         shutil.copytree(APPLIANCE, root, symlinks=True, dirs_exist_ok=True)
     else:
         write_files(root, {"/etc/brig/system.toml": 'hostname = "brig-test"\n'})
+        shutil.copy(build_sockpest(arch), os.path.join(root, "usr", "bin", "sockpest"))
     pack_cpio(root, out)
     return kernel, out
 

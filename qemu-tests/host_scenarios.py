@@ -23,7 +23,9 @@ import brigvm
 from brigvm import ScenarioFailed
 from scenarios import expect_true, scenario, svc
 
-STORAGE_MODULES = ["virtio_pci", "virtio_blk", "squashfs", "ext4", "overlay"]
+# crc32c_generic: ext4 asks the crypto API for crc32c at mount time, which modules.dep does not
+# list; without it the mount fails with ENOENT ("Cannot load crc32c driver") on arm64.
+STORAGE_MODULES = ["virtio_pci", "virtio_blk", "squashfs", "crc32c_generic", "ext4", "overlay"]
 
 STORAGE_TOML = f"""hostname = "box"
 modules = {STORAGE_MODULES!r}

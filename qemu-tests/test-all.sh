@@ -36,6 +36,8 @@ check "cargo test (unit and privileged namespace tests)" cargo test
 step "release builds"
 for target in "${TARGETS[@]}"; do
     cargo build --release --target "$target"
+    # The test build with `brig fault ...` for the watchdog and fatal-error scenarios.
+    cargo build --release --features fault-injection --target-dir target/fault --target "$target"
 done
 for target in "${TARGETS[@]}"; do
     # The release profile strips; this is what lands on the appliance's flash.
