@@ -293,7 +293,7 @@ def watchdog_idle_system_is_not_reset(vm):
 
 
 @scenario(files={"/etc/brig/system.toml": WATCHDOG_TOML,
-                 **fault_probe("brig fault stall &")}, **WATCHDOG)
+                 **fault_probe("brig fault stall")}, **WATCHDOG)
 def watchdog_resets_a_stalled_main_loop_within_the_timeout(vm):
     expect_watchdog_armed(vm)
     vm.expect_brig(r"fault: stalling the main loop on request")
