@@ -40,6 +40,9 @@ class Arch:
     kernel_pinned: str
     console: str
     qemu: tuple
+    # (meta, pinned) of a kernel with a driver for QEMU's i6300esb watchdog, where the default
+    # kernel lacks one (Debian's x86_64 cloud kernel); None: the default kernel has it.
+    watchdog_kernel: tuple = None
 
 
 ARCHES = {
@@ -47,6 +50,7 @@ ARCHES = {
         "x86_64", "x86_64-unknown-linux-musl", "amd64",
         "linux-image-cloud-amd64", "linux-image-6.1.0-57-cloud-amd64", "ttyS0",
         ("qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-m", "256"),
+        ("linux-image-amd64", "linux-image-6.1.0-57-amd64"),
     ),
     "aarch64": Arch(
         "aarch64", "aarch64-unknown-linux-musl", "arm64",
@@ -76,14 +80,14 @@ def run(cmd, **kw):
 
 # --- Debian packages ------------------------------------------------------------------------------
 
-def kernel_package(arch):
+def kernel_package(meta, pinned):
     """The versioned kernel package the meta package depends on, else the pinned one."""
     try:
-        out = run(["apt-cache", "depends", arch.kernel_meta])
+        out = run(["apt-cache", "depends", meta])
     except RuntimeError:
-        return arch.kernel_pinned
+        return pinned
     m = re.search(r"Depends: (linux-image-\d\S*)", out)
-    return m.group(1) if m else arch.kernel_pinned
+    return m.group(1) if m else pinned
 
 
 def fetch_deb(package):
@@ -118,8 +122,12 @@ class Kernel:
     tree: str  # unpacked package root, with lib/modules/<version>/ and a full modules.dep
 
 
-def fetch_kernel(arch):
-    tree = unpack_deb(fetch_deb(kernel_package(arch)))
+def fetch_kernel(arch, watchdog=False):
+    """The default kernel, or with `watchdog` the one with an i6300esb driver."""
+    meta, pinned = (arch.kernel_meta, arch.kernel_pinned)
+    if watchdog and arch.watchdog_kernel:
+        meta, pinned = arch.watchdog_kernel
+    tree = unpack_deb(fetch_deb(kernel_package(meta, pinned)))
     (vmlinuz,) = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))
     version = os.path.basename(vmlinuz)[len("vmlinuz-"):]
     # Debian's package ships no modules.dep; index the whole tree once to resolve dependencies.
@@ -281,11 +289,13 @@ def build_sockpest(arch):
     return os.path.join(target, arch.triple, "release", "sockpest")
 
 
-def build_base(arch, with_appliance, fault=False):
+def build_base(arch, with_appliance, fault=False, watchdog_kernel=False):
     """The per-architecture base archive: BusyBox, brig (the fault-injection build if `fault`),
-    modules, and optionally config/."""
-    kernel = fetch_kernel(arch)
+    modules (of the watchdog kernel if `watchdog_kernel`), and optionally config/."""
+    kernel = fetch_kernel(arch, watchdog_kernel)
     kind = "appliance" if with_appliance else "fault" if fault else "bare"
+    if watchdog_kernel:
+        kind += "-watchdog"
     root = os.path.join(WORK, arch.name, f"{kind}.root")
     out = os.path.join(WORK, arch.name, f"{kind}.cpio.gz")
     shutil.rmtree(root, ignore_errors=True)

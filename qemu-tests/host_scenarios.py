@@ -261,7 +261,7 @@ def panic_in_pid1_reboots_instead_of_killing_init(vm):
 
 WATCHDOG_TOML = ('hostname = "brig-test"\nmodules = ["i6300esb"]\n\n'
                  '[watchdog]\ndevice = "/dev/watchdog"\ntimeout = "5s"\n')
-WATCHDOG = dict(base="fault", arches=("aarch64",), qemu_args=("-device", "i6300esb"))
+WATCHDOG = dict(base="fault", watchdog_kernel=True, qemu_args=("-device", "i6300esb"))
 
 
 def expect_watchdog_armed(vm):

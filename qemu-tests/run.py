@@ -69,10 +69,10 @@ def run_lab_scenario(arch, kernel, initrd, sc):
     return error, log_path
 
 
-def run_scenario(arch, kernel, bases, sc):
+def run_scenario(arch, kernel, bases, sc, base):
     """Boot one scenario; returns (error or None, log path). QEMU never outlives this call."""
     overlay = brigvm.build_overlay(arch, sc.name, sc.files)
-    initrd = brigvm.concat([bases[sc.base], overlay], overlay.replace(".cpio.gz", ".initrd"))
+    initrd = brigvm.concat([bases[base], overlay], overlay.replace(".cpio.gz", ".initrd"))
     if sc.lab:
         return run_lab_scenario(arch, kernel, initrd, sc)
     port = brigvm.free_port()
@@ -100,15 +100,21 @@ def run_arch(arch, scenarios, reporter):
         kernel, bare = brigvm.build_base(arch, with_appliance=False)
         _, appliance = brigvm.build_base(arch, with_appliance=True)
         bases = {"bare": bare, "appliance": appliance}
-        if any(sc.base == "fault" for sc in scenarios):
+        kernels = {"bare": kernel, "appliance": kernel}
+        if any(sc.base == "fault" and not sc.watchdog_kernel for sc in scenarios):
             _, bases["fault"] = brigvm.build_base(arch, with_appliance=False, fault=True)
+            kernels["fault"] = kernel
+        if any(sc.watchdog_kernel for sc in scenarios):
+            kernels["fault-watchdog"], bases["fault-watchdog"] = brigvm.build_base(
+                arch, with_appliance=False, fault=True, watchdog_kernel=True)
     except Exception as err:  # noqa: BLE001 - any setup failure fails every scenario, loudly
         for sc in scenarios:
             reporter.result(arch, sc, f"image build failed: {err}", 0, os.devnull)
         return
     for sc in scenarios:
         start = time.monotonic()
-        error, log_path = run_scenario(arch, kernel, bases, sc)
+        key = sc.base + ("-watchdog" if sc.watchdog_kernel else "")
+        error, log_path = run_scenario(arch, kernels[key], bases, sc, key)
         reporter.result(arch, sc, error, time.monotonic() - start, log_path)
 
 

@@ -29,18 +29,20 @@ class Scenario:
     qemu_args: tuple = ()
     # The check gets a brigvm.Lab and boots guests itself (several boots, disks).
     lab: bool = False
+    # Boot the architecture's kernel with an i6300esb driver (see brigvm.Arch.watchdog_kernel).
+    watchdog_kernel: bool = False
 
 
 SCENARIOS = []
 
 
 def scenario(base="bare", files=None, cmdline="", timeout=90, arches=None, qemu_args=(),
-             lab=False):
+             lab=False, watchdog_kernel=False):
     """Registers a check. base: "bare", "appliance", or "fault" (bare with the
     fault-injection build of brig)."""
     def register(check):
         SCENARIOS.append(Scenario(check.__name__, check, base, files or {}, cmdline, timeout,
-                                  arches, tuple(qemu_args), lab))
+                                  arches, tuple(qemu_args), lab, watchdog_kernel))
         return check
     return register
 
