@@ -9,7 +9,7 @@ shows the first stage's notes. Such scenarios get a brigvm.Lab and boot the gues
 several times from the same disk images.
 
 Watchdog scenarios need a kernel driver for QEMU's i6300esb: Debian's arm64 kernel has one, the
-x86_64 cloud kernel does not, so they run on aarch64 only. They and the fatal-error scenario use
+x86_64 cloud kernel does not, so on x86_64 they boot Debian's generic amd64 kernel. They and the fatal-error scenario use
 the fault-injection build of brig (`brig fault stall|stall-shutdown|panic`).
 """
 
@@ -257,7 +257,7 @@ def panic_in_pid1_reboots_instead_of_killing_init(vm):
     vm.expect(r"reboot: Restarting system", 1)
 
 
-# --- the hardware watchdog (aarch64: the arm64 kernel has the i6300esb driver) --------------------
+# --- the hardware watchdog (i6300esb) -------------------------------------------------------------
 
 WATCHDOG_TOML = ('hostname = "brig-test"\nmodules = ["i6300esb"]\n\n'
                  '[watchdog]\ndevice = "/dev/watchdog"\ntimeout = "5s"\n')

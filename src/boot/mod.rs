@@ -143,7 +143,13 @@ fn load_config(
     for d in &tree.diagnostics {
         log::error!("config: {d}");
     }
-    let good = Path::new(STATE_DIR).join("last-good");
+    // A power cut between save_snapshot's two renames leaves only the previous copy, as
+    // last-good.old.
+    let state = Path::new(STATE_DIR);
+    let good = [state.join("last-good"), state.join("last-good.old")]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| state.join("last-good"));
     let mut from_last_good = false;
     if kernel && !tree.diagnostics.is_empty() && good.is_dir() {
         let fallback = config::load(&good);
