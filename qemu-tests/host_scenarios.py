@@ -284,7 +284,7 @@ def expect_reset_within(vm, since, limit):
 
 
 @scenario(files={"/etc/brig/system.toml": WATCHDOG_TOML,
-                 **fault_probe("sleep 25; echo IDLE-OK; poweroff")}, timeout=120, **WATCHDOG)
+                 **fault_probe("sleep 21; echo IDLE-OK; poweroff")}, timeout=120, **WATCHDOG)
 def watchdog_idle_system_is_not_reset(vm):
     expect_watchdog_armed(vm)
     vm.expect("FAULT-NOW")
