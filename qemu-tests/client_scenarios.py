@@ -213,7 +213,7 @@ def hundred_silent_and_garbage_clients_delay_neither_status_nor_restarts(vm):
     vm.expect("PEST-DONE")
     made, refused = int(m.group(1)), int(m.group(2))
     expect_true(made >= 500 and refused == 0, f"pest: {made} connections, {refused} refused")
-    # TCG on a shared host: a healthy status takes ~0.1 s; a PID 1 held up by a silent client
-    # would take its 5 s timeout.
-    expect_true(max(took) < 1.5, f"brig status took {took} s during the flood")
+    # A PID 1 held up by a silent client would answer after its 5 s timeout. Measured with
+    # TCG on a busy 2-core host: 0.02-1.3 s (the guest's one CPU is shared with the pest).
+    expect_true(max(took) < 2.5, f"brig status took {took} s during the flood")
     check_restart_schedule(vm.text, "ticker", delay=0.5, slack=1.0, at_least=6)
