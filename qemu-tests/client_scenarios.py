@@ -216,4 +216,4 @@ def hundred_silent_and_garbage_clients_delay_neither_status_nor_restarts(vm):
     # A PID 1 held up by a silent client would answer after its 5 s timeout. Measured with
     # TCG on a busy 2-core host: 0.02-1.3 s (the guest's one CPU is shared with the pest).
     expect_true(max(took) < 2.5, f"brig status took {took} s during the flood")
-    check_restart_schedule(vm.text, "ticker", delay=0.5, slack=1.0, at_least=6)
+    check_restart_schedule(vm.text, "ticker", delay=0.5, slack=1.0, at_least=4)
