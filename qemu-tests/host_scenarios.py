@@ -9,8 +9,9 @@ shows the first stage's notes. Such scenarios get a brigvm.Lab and boot the gues
 several times from the same disk images.
 
 Watchdog scenarios need a kernel driver for QEMU's i6300esb: Debian's arm64 kernel has one, the
-x86_64 cloud kernel does not, so on x86_64 they boot Debian's generic amd64 kernel. They and the fatal-error scenario use
-the fault-injection build of brig (`brig fault stall|stall-shutdown|panic`).
+x86_64 cloud kernel does not, so on x86_64 they boot Debian's generic amd64 kernel. They and the
+fatal-error scenario use the fault-injection build of brig (`brig fault stall|stall-shutdown|
+panic`).
 """
 
 import os
