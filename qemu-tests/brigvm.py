@@ -44,6 +44,9 @@ class Arch:
     # guests boot and run several times slower under TCG. Checks of timing between two guest
     # events use guest timestamps and are not scaled.
     slowness: float = 1.0
+    # (meta, pinned) of a kernel with a driver for QEMU's i6300esb watchdog, where the default
+    # kernel lacks one (Debian's x86_64 cloud kernel); None: the default kernel has it.
+    watchdog_kernel: tuple = None
 
 
 ARCHES = {
@@ -51,6 +54,7 @@ ARCHES = {
         "x86_64", "x86_64-unknown-linux-musl", "amd64",
         "linux-image-cloud-amd64", "linux-image-6.1.0-57-cloud-amd64", "ttyS0",
         ("qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-m", "256"),
+        ("linux-image-amd64", "linux-image-6.1.0-57-amd64"),
     ),
     "aarch64": Arch(
         "aarch64", "aarch64-unknown-linux-musl", "arm64",
@@ -97,14 +101,14 @@ def run(cmd, **kw):
 
 # --- Debian packages ------------------------------------------------------------------------------
 
-def kernel_package(arch):
+def kernel_package(meta, pinned):
     """The versioned kernel package the meta package depends on, else the pinned one."""
     try:
-        out = run(["apt-cache", "depends", arch.kernel_meta])
+        out = run(["apt-cache", "depends", meta])
     except RuntimeError:
-        return arch.kernel_pinned
+        return pinned
     m = re.search(r"Depends: (linux-image-\d\S*)", out)
-    return m.group(1) if m else arch.kernel_pinned
+    return m.group(1) if m else pinned
 
 
 def fetch_deb(package):
@@ -139,8 +143,12 @@ class Kernel:
     tree: str  # unpacked package root, with lib/modules/<version>/ and a full modules.dep
 
 
-def fetch_kernel(arch):
-    tree = unpack_deb(fetch_deb(kernel_package(arch)))
+def fetch_kernel(arch, watchdog=False):
+    """The default kernel, or with `watchdog` the one with an i6300esb driver."""
+    meta, pinned = (arch.kernel_meta, arch.kernel_pinned)
+    if watchdog and arch.watchdog_kernel:
+        meta, pinned = arch.watchdog_kernel
+    tree = unpack_deb(fetch_deb(kernel_package(meta, pinned)))
     (vmlinuz,) = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))
     version = os.path.basename(vmlinuz)[len("vmlinuz-"):]
     # Debian's package ships no modules.dep; index the whole tree once to resolve dependencies.
@@ -183,6 +191,14 @@ def module_closure(kernel, names):
     return sorted(wanted)
 
 
+def has_module(kernel, name):
+    try:
+        module_closure(kernel, [name])
+        return True
+    except RuntimeError:
+        return False
+
+
 def module_name(path):
     """kernel/drivers/net/virtio_net.ko -> virtio_net (modprobe treats - and _ alike)."""
     return os.path.basename(path).removesuffix(".ko").replace("-", "_")
@@ -201,7 +217,7 @@ def busybox_applets():
     return [a for a in applets if os.path.basename(a) not in ("init", "linuxrc")]
 
 
-def stage_base(root, arch, kernel, brig):
+def stage_base(root, arch, kernel, brig, modules=None):
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "etc/brig",
               "var/log", "root", "mnt"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
@@ -215,7 +231,7 @@ def stage_base(root, arch, kernel, brig):
         link = os.path.join(root, applet)
         if not os.path.lexists(link):
             os.symlink("/bin/busybox", link)
-    stage_modules(root, kernel, appliance_modules())
+    stage_modules(root, kernel, appliance_modules() if modules is None else modules)
 
 
 def stage_modules(root, kernel, names):
@@ -265,8 +281,18 @@ def pack_cpio(root, out):
             raise RuntimeError(f"packing {root} into {out} failed")
 
 
-def brig_binary(arch):
-    return os.path.join(REPO, "target", arch.triple, "release", "brig")
+def brig_binary(arch, fault=False):
+    """The release binary; `fault`: the test build with `brig fault` (--features
+    fault-injection), kept in its own target directory so it never replaces the real one."""
+    target = os.path.join(REPO, "target", "fault") if fault else os.path.join(REPO, "target")
+    return os.path.join(target, arch.triple, "release", "brig")
+
+
+def build_fault_brig(arch):
+    subprocess.run(["cargo", "build", "--release", "--features", "fault-injection", "--target-dir",
+                    os.path.join(REPO, "target", "fault"), "--target", arch.triple], cwd=REPO,
+                   check=True)
+    return brig_binary(arch, fault=True)
 
 
 def build_brig(arch):
@@ -274,21 +300,39 @@ def build_brig(arch):
     return brig_binary(arch)
 
 
-def build_base(arch, with_appliance):
-    """The per-architecture base archive: BusyBox, brig, modules, and optionally config/."""
-    kernel = fetch_kernel(arch)
-    kind = "appliance" if with_appliance else "bare"
+def build_sockpest(arch):
+    """The control-socket pest of the client scenarios (qemu-tests/sockpest, std only: seconds
+    to build, nothing when fresh)."""
+    target = os.path.join(REPO, "target", "sockpest")
+    run(["cargo", "build", "-q", "--release", "--manifest-path",
+         os.path.join(REPO, "qemu-tests", "sockpest", "Cargo.toml"), "--target-dir", target,
+         "--target", arch.triple], cwd=REPO)
+    return os.path.join(target, arch.triple, "release", "sockpest")
+
+
+def build_base(arch, with_appliance, fault=False, watchdog_kernel=False):
+    """The per-architecture base archive: BusyBox, brig (the fault-injection build if `fault`),
+    modules (of the watchdog kernel if `watchdog_kernel`), and optionally config/."""
+    kernel = fetch_kernel(arch, watchdog_kernel)
+    kind = "appliance" if with_appliance else "fault" if fault else "bare"
+    if watchdog_kernel:
+        kind += "-watchdog"
     root = os.path.join(WORK, arch.name, f"{kind}.root")
     out = os.path.join(WORK, arch.name, f"{kind}.cpio.gz")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
-    stage_base(root, arch, kernel, brig_binary(arch))
+    modules = appliance_modules()
+    if fault:
+        # The watchdog scenarios' device, where this kernel has a driver for it.
+        modules += [m for m in ("i6300esb",) if has_module(kernel, m)]
+    stage_base(root, arch, kernel, brig_binary(arch, fault), modules)
     shutil.copy(os.path.join(APPLIANCE, "etc", "passwd"), os.path.join(root, "etc"))
     shutil.copy(os.path.join(APPLIANCE, "etc", "group"), os.path.join(root, "etc"))
     if with_appliance:
         shutil.copytree(APPLIANCE, root, symlinks=True, dirs_exist_ok=True)
     else:
         write_files(root, {"/etc/brig/system.toml": 'hostname = "brig-test"\n'})
+        shutil.copy(build_sockpest(arch), os.path.join(root, "usr", "bin", "sockpest"))
     pack_cpio(root, out)
     return kernel, out
 
@@ -319,7 +363,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def qemu_command(arch, kernel, initrd, port, cmdline=""):
+def qemu_command(arch, kernel, initrd, port, cmdline="", extra=()):
     # restrict=on: the guest reaches nothing outside QEMU; only the forwarded port comes in.
     net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:80"
     if "brig.debug" in cmdline:
@@ -327,7 +371,7 @@ def qemu_command(arch, kernel, initrd, port, cmdline=""):
         cmdline += " loglevel=8"
     append = f"console={arch.console} panic=-1 {cmdline}".strip()
     return [*arch.qemu, "-nographic", "-no-reboot", "-kernel", kernel.vmlinuz, "-initrd", initrd,
-            "-append", append, "-netdev", net, "-device", "virtio-net-pci,netdev=n0"]
+            "-append", append, "-netdev", net, "-device", "virtio-net-pci,netdev=n0", *extra]
 
 
 # Every guest still running, so an interrupted run can take them all down (see kill_all).
@@ -349,7 +393,8 @@ class Vm:
         self.started = time.monotonic()
         self._cond = threading.Condition()
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        # stdin is the serial console's input: send() types into a console shell.
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         LIVE.add(self)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -409,6 +454,11 @@ class Vm:
         except subprocess.TimeoutExpired:
             raise ScenarioFailed(f"QEMU still running {timeout} s later") from None
 
+    def send(self, text):
+        """Types `text` on the serial console."""
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
     def http_get(self, path, timeout=10):
         url = f"http://127.0.0.1:{self.port}{path}"
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -438,3 +488,69 @@ def line_of(text, pos):
     start = text.rfind("\n", 0, pos) + 1
     end = text.find("\n", pos)
     return text[start:end if end >= 0 else len(text)]
+
+
+# --- disks and multi-boot scenarios ---------------------------------------------------------------
+
+class Lab:
+    """One scenario's guests, booted one after another from the same initrd (and disks): for
+    what only shows across boots, such as a file kept on the data partition or a power cut.
+
+    abort() (the hard timeout) kills the running guest and refuses further boots."""
+
+    def __init__(self, arch, kernel, initrd, name, cmdline=""):
+        self.arch = arch
+        self.kernel = kernel
+        self.initrd = initrd
+        self.name = name
+        self.cmdline = cmdline
+        self.dir = os.path.join(WORK, arch.name, "scenarios", name + ".d")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        self.boots = 0
+        self.vm = None
+        self.aborted = False
+
+    def boot(self, cmdline="", disks=(), extra=(), initrd=None):
+        """Boots a guest with `disks` (image paths, /dev/vda first) and returns its Vm; the
+        previous guest is killed first (a power cut, if it was still running)."""
+        if self.aborted:
+            raise ScenarioFailed("hard timeout reached")
+        self.kill()
+        self.boots += 1
+        drives = []
+        for disk in disks:
+            drives += ["-drive", f"file={disk},if=virtio,format=raw"]
+        port = free_port()
+        log_path = os.path.join(self.dir, f"boot-{self.boots:02}.console.log")
+        cmd = qemu_command(self.arch, self.kernel, initrd or self.initrd, port,
+                           f"{self.cmdline} {cmdline}".strip(), (*drives, *extra))
+        self.vm = Vm(cmd, port, log_path)
+        return self.vm
+
+    def kill(self):
+        if self.vm is not None:
+            self.vm.kill()
+
+    def abort(self):
+        self.aborted = True
+        if self.vm is not None and self.vm.proc.poll() is None:
+            self.vm.proc.kill()
+
+    def log_paths(self):
+        return sorted(glob.glob(os.path.join(self.dir, "boot-*.console.log")))
+
+
+def make_squashfs(root, out):
+    if os.path.exists(out):
+        os.unlink(out)
+    run(["mksquashfs", root, out, "-noappend", "-all-root", "-quiet", "-comp", "gzip"])
+    return out
+
+
+def make_ext4(out, mib=16):
+    """An empty ext4 image of `mib` MiB (journal included, as on a real data partition)."""
+    with open(out, "wb") as f:
+        f.truncate(mib * 1024 * 1024)
+    run(["mkfs.ext4", "-q", "-F", "-L", "data", out])
+    return out

@@ -18,6 +18,9 @@ import time
 import brigvm
 from brigvm import ARCHES, ScenarioFailed
 from scenarios import SCENARIOS
+# Registered into SCENARIOS on import: the client (issue 4) and the appliance host (issue 5).
+import client_scenarios  # noqa: F401,E402
+import host_scenarios  # noqa: F401,E402
 
 
 class Reporter:
@@ -43,14 +46,39 @@ class Reporter:
             print(f"===== end of {arch.name} {sc.name}\n", flush=True)
 
 
-def run_scenario(arch, kernel, bases, sc):
+def run_lab_scenario(arch, kernel, initrd, sc):
+    """A scenario that boots guests itself (several boots, disks): it gets a Lab."""
+    lab = brigvm.Lab(arch, kernel, initrd, sc.name, sc.cmdline)
+    timer = threading.Timer(sc.timeout, lab.abort)
+    timer.start()
+    log_path = os.path.join(brigvm.WORK, arch.name, "scenarios", f"{sc.name}.console.log")
+    try:
+        sc.check(lab)
+        error = None
+    except ScenarioFailed as err:
+        error = f"hard timeout of {sc.timeout} s: {err}" if lab.aborted else str(err)
+    finally:
+        timer.cancel()
+        lab.kill()
+        # One log for the report: every boot's console in order.
+        with open(log_path, "w") as out:
+            for path in lab.log_paths():
+                out.write(f"\n----- {os.path.basename(path)}\n")
+                with open(path, errors="replace") as f:
+                    out.write(f.read())
+    return error, log_path
+
+
+def run_scenario(arch, kernel, bases, sc, base):
     """Boot one scenario; returns (error or None, log path). QEMU never outlives this call."""
     overlay = brigvm.build_overlay(arch, sc.name, sc.files)
-    initrd = brigvm.concat([bases[sc.base], overlay], overlay.replace(".cpio.gz", ".initrd"))
+    initrd = brigvm.concat([bases[base], overlay], overlay.replace(".cpio.gz", ".initrd"))
+    if sc.lab:
+        return run_lab_scenario(arch, kernel, initrd, sc)
     port = brigvm.free_port()
     log_path = os.path.join(brigvm.WORK, arch.name, "scenarios", f"{sc.name}.console.log")
-    vm = brigvm.Vm(brigvm.qemu_command(arch, kernel, initrd, port, sc.cmdline), port, log_path,
-                   arch.slowness)
+    cmd = brigvm.qemu_command(arch, kernel, initrd, port, sc.cmdline, sc.qemu_args)
+    vm = brigvm.Vm(cmd, port, log_path, arch.slowness)
     # The hard timeout: killing QEMU makes any pending expect() fail with "QEMU exited".
     timer = threading.Timer(sc.timeout * arch.slowness, vm.proc.kill)
     timer.start()
@@ -76,17 +104,26 @@ def run_arch(arch, scenarios, reporter):
 
 
 def run_arch_scenarios(arch, scenarios, reporter):
+    scenarios = [sc for sc in scenarios if sc.arches is None or arch.name in sc.arches]
     try:
         kernel, bare = brigvm.build_base(arch, with_appliance=False)
         _, appliance = brigvm.build_base(arch, with_appliance=True)
         bases = {"bare": bare, "appliance": appliance}
+        kernels = {"bare": kernel, "appliance": kernel}
+        if any(sc.base == "fault" and not sc.watchdog_kernel for sc in scenarios):
+            _, bases["fault"] = brigvm.build_base(arch, with_appliance=False, fault=True)
+            kernels["fault"] = kernel
+        if any(sc.watchdog_kernel for sc in scenarios):
+            kernels["fault-watchdog"], bases["fault-watchdog"] = brigvm.build_base(
+                arch, with_appliance=False, fault=True, watchdog_kernel=True)
     except Exception as err:  # noqa: BLE001 - any setup failure fails every scenario, loudly
         for sc in scenarios:
             reporter.result(arch, sc, f"image build failed: {err}", 0, os.devnull)
         return
     for sc in scenarios:
         start = time.monotonic()
-        error, log_path = run_scenario(arch, kernel, bases, sc)
+        key = sc.base + ("-watchdog" if sc.watchdog_kernel else "")
+        error, log_path = run_scenario(arch, kernels[key], bases, sc, key)
         reporter.result(arch, sc, error, time.monotonic() - start, log_path)
 
 
@@ -95,9 +132,12 @@ def cmd_test(args):
     chosen = [sc for sc in SCENARIOS if not args.k or any(k in sc.name for k in args.k)]
     if not chosen:
         sys.exit(f"no scenario matches {args.k}")
+    need_fault = any(sc.base == "fault" for sc in chosen)
     for arch in arches:
-        if not os.path.exists(brigvm.brig_binary(arch)):
-            sys.exit(f"{brigvm.brig_binary(arch)} missing: build brig for {arch.triple} first")
+        for fault in (False, True) if need_fault else (False,):
+            if not os.path.exists(brigvm.brig_binary(arch, fault)):
+                sys.exit(f"{brigvm.brig_binary(arch, fault)} missing: build brig for {arch.triple}"
+                         f"{' with --features fault-injection' if fault else ''} first")
     reporter = Reporter()
     threads = [threading.Thread(target=run_arch, args=(arch, chosen, reporter), daemon=True)
                for arch in arches]

@@ -24,14 +24,25 @@ class Scenario:
     files: dict
     cmdline: str
     timeout: int
+    # Run only on these architectures (None: all), e.g. where the kernel has the device.
+    arches: tuple = None
+    qemu_args: tuple = ()
+    # The check gets a brigvm.Lab and boots guests itself (several boots, disks).
+    lab: bool = False
+    # Boot the architecture's kernel with an i6300esb driver (see brigvm.Arch.watchdog_kernel).
+    watchdog_kernel: bool = False
 
 
 SCENARIOS = []
 
 
-def scenario(base="bare", files=None, cmdline="", timeout=90):
+def scenario(base="bare", files=None, cmdline="", timeout=90, arches=None, qemu_args=(),
+             lab=False, watchdog_kernel=False):
+    """Registers a check. base: "bare", "appliance", or "fault" (bare with the
+    fault-injection build of brig)."""
     def register(check):
-        SCENARIOS.append(Scenario(check.__name__, check, base, files or {}, cmdline, timeout))
+        SCENARIOS.append(Scenario(check.__name__, check, base, files or {}, cmdline, timeout,
+                                  arches, tuple(qemu_args), lab, watchdog_kernel))
         return check
     return register
 

@@ -39,6 +39,10 @@ step "release builds (stable: x86_64, aarch64; nightly build-std: armv7, mipsel)
 for target in "${TARGETS[@]}" "${ROUTER_TARGETS[@]}"; do
     scripts/cross-build.sh "$target"
 done
+# The test build with `brig fault ...` for the watchdog and fatal-error scenarios.
+for target in "${TARGETS[@]}"; do
+    cargo build --release --features fault-injection --target-dir target/fault --target "$target"
+done
 
 check "QEMU boot scenarios (x86_64, aarch64, armv7, mipsel; two guests at a time)" \
     python3 qemu-tests/run.py test

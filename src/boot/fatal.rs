@@ -27,7 +27,10 @@ pub fn install_hook() {
     std::panic::set_hook(Box::new(|info| {
         // The logger's lock may be what was held when the panic happened: write to the kernel
         // log directly.
-        let message = format!("<2>brig: FATAL internal error: {info}\n");
+        // One line: /dev/kmsg keeps a write as one record and the console shows it up to the
+        // first newline, and std's message is "panicked at FILE:LINE:COL:\nPAYLOAD".
+        let text = info.to_string().replace('\n', " ");
+        let message = format!("<2>brig: FATAL internal error: {text}\n");
         if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
             let _ = kmsg.write_all(message.as_bytes());
         }

@@ -70,7 +70,7 @@ pub fn run(mode: Mode) -> ! {
     let dir = config.or(opts.config.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
     let mut notes = Vec::new();
 
-    let mut tree = load_config(&dir, kernel, opts.debug, &mut notes);
+    let (mut tree, mut from_last_good) = load_config(&dir, kernel, opts.debug, &mut notes);
 
     if pid1 {
         set_hostname(&tree.system.hostname);
@@ -86,7 +86,7 @@ pub fn run(mode: Mode) -> ! {
                 notes.extend(storage::read_notes());
             } else {
                 notes.extend(switch_root(&cfg, opts.factory_reset));
-                tree = load_config(&dir, kernel, opts.debug, &mut notes);
+                (tree, from_last_good) = load_config(&dir, kernel, opts.debug, &mut notes);
             }
         }
         fatal::set_policy(tree.system.boot.on_fatal);
@@ -104,6 +104,7 @@ pub fn run(mode: Mode) -> ! {
         notes,
         watchdog,
         rescue,
+        from_last_good,
     };
     let cgroups = if pid1 { setup_cgroups() } else { None };
     let action = match Supervisor::new(tree, setup) {
@@ -156,12 +157,25 @@ fn setup_cgroups() -> Option<crate::cgroup::Tree> {
 
 /// Loads the configuration. When it has errors and a last-known-good copy exists (and is
 /// itself clean), the system boots that copy instead: a bad update must not brick a device.
-fn load_config(dir: &Path, kernel: bool, debug: bool, notes: &mut Vec<String>) -> config::Tree {
+/// Returns the tree and whether it is that copy.
+fn load_config(
+    dir: &Path,
+    kernel: bool,
+    debug: bool,
+    notes: &mut Vec<String>,
+) -> (config::Tree, bool) {
     let mut tree = config::load(dir);
     for d in &tree.diagnostics {
         log::error!("config: {d}");
     }
-    let good = Path::new(STATE_DIR).join("last-good");
+    // A power cut between save_snapshot's two renames leaves only the previous copy, as
+    // last-good.old.
+    let state = Path::new(STATE_DIR);
+    let good = [state.join("last-good"), state.join("last-good.old")]
+        .into_iter()
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| state.join("last-good"));
+    let mut from_last_good = false;
     if kernel && !tree.diagnostics.is_empty() && good.is_dir() {
         let fallback = config::load(&good);
         if fallback.diagnostics.is_empty() {
@@ -174,6 +188,7 @@ fn load_config(dir: &Path, kernel: bool, debug: bool, notes: &mut Vec<String>) -
             log::warn!("config: {note}");
             notes.push(note);
             tree = fallback;
+            from_last_good = true;
         }
     }
     let level = if debug { log::LevelFilter::Debug } else { tree.system.log_level.filter() };
@@ -184,7 +199,7 @@ fn load_config(dir: &Path, kernel: bool, debug: bool, notes: &mut Vec<String>) -
         tree.services.len(),
         tree.broken.len()
     );
-    tree
+    (tree, from_last_good)
 }
 
 /// Switches into the merged root and re-executes init there. Returns notes when the switch

@@ -28,6 +28,9 @@ use protocol::{LogLine, Request, Response};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 128;
+/// A flood of refused connections is logged once per this period: a line per refusal would
+/// flood the kernel log, and PID 1 itself waits while the kernel prints it on a slow console.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Output kept for one client; a follower that falls further behind loses lines.
 const MAX_OUTPUT: usize = 256 * 1024;
 /// Token of the listening socket in the supervisor's epoll set.
@@ -81,6 +84,10 @@ pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     conns: HashMap<RawFd, Conn>,
+    /// Connections refused as over MAX_CONNECTIONS since the last message about them, and
+    /// when that message was logged: one line per REFUSAL_LOG_EVERY, not one per connection.
+    refused: u64,
+    refusal_logged: Option<Instant>,
 }
 
 impl Server {
@@ -101,7 +108,13 @@ impl Server {
         nix::sys::stat::umask(old);
         let listener = bound.map_err(|e| err("bind", e))?;
         listener.set_nonblocking(true).map_err(|e| err("set non-blocking", e))?;
-        Ok(Server { listener, path: path.to_path_buf(), conns: HashMap::new() })
+        Ok(Server {
+            listener,
+            path: path.to_path_buf(),
+            conns: HashMap::new(),
+            refused: 0,
+            refusal_logged: None,
+        })
     }
 
     pub fn register(&self, epoll: &Epoll) -> nix::Result<()> {
@@ -126,7 +139,15 @@ impl Server {
                 }
             };
             if self.conns.len() >= MAX_CONNECTIONS {
-                log::warn!("control: {MAX_CONNECTIONS} clients connected; refusing another");
+                self.refused += 1;
+                if self.refusal_logged.map_or(true, |t| now >= t + REFUSAL_LOG_EVERY) {
+                    log::warn!(
+                        "control: {MAX_CONNECTIONS} clients connected; refused {} connection(s)",
+                        self.refused
+                    );
+                    self.refused = 0;
+                    self.refusal_logged = Some(now);
+                }
                 continue;
             }
             let uid = match getsockopt(&stream, PeerCredentials) {
@@ -183,8 +204,12 @@ impl Server {
                     return None;
                 }
                 Ok(n) => {
+                    // Only the new bytes can hold the newline: rescanning the whole buffer
+                    // made a 64 KiB garbage line cost PID 1 half a megabyte of scanning.
+                    let scanned = conn.input.len();
                     conn.input.extend_from_slice(&buf[..n]);
-                    if let Some(end) = conn.input.iter().position(|&b| b == b'\n') {
+                    let newline = conn.input[scanned..].iter().position(|&b| b == b'\n');
+                    if let Some(end) = newline.map(|i| scanned + i) {
                         let line: Vec<u8> = conn.input.drain(..=end).collect();
                         return self.decode(epoll, fd, &line[..line.len() - 1]);
                     }

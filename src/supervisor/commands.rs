@@ -358,6 +358,8 @@ impl Supervisor {
             removed.join(" "),
             changed.join(" ")
         );
+        // /etc/brig is valid again: a boot that becomes good from now on may save it.
+        self.health.from_last_good = false;
         Response::Reloaded { added, removed, changed }
     }
 

@@ -22,14 +22,17 @@ pub struct Health {
     cfg: Boot,
     /// The real system init: writes the last-known-good config and the boot counter.
     persistent: bool,
+    /// Running the last-known-good copy because the config directory is broken: a good boot
+    /// must not save that directory over the copy.
+    pub(super) from_last_good: bool,
     good: bool,
     /// Since when every critical service has been up.
     up_since: Option<Instant>,
 }
 
 impl Health {
-    pub fn new(cfg: Boot, persistent: bool) -> Self {
-        Health { cfg, persistent, good: false, up_since: None }
+    pub fn new(cfg: Boot, persistent: bool, from_last_good: bool) -> Self {
+        Health { cfg, persistent, from_last_good, good: false, up_since: None }
     }
 
     /// When the boot will count as good if nothing changes.
@@ -71,9 +74,14 @@ impl Supervisor {
 
     fn save_good_state(&self) {
         let state = Path::new(crate::boot::STATE_DIR);
+        let from_last_good = self.health.from_last_good;
         let saved = std::fs::create_dir_all(state)
             .map_err(|e| format!("mkdir {}: {e}", state.display()))
             .and_then(|()| {
+                if from_last_good {
+                    // The config directory is the broken one this copy stood in for.
+                    return Ok(());
+                }
                 crate::storage::save_snapshot(&self.config_dir, &state.join("last-good"))
                     .map_err(|e| e.to_string())
             })
@@ -82,6 +90,10 @@ impl Supervisor {
                     .map_err(|e| e.to_string())
             });
         match saved {
+            Ok(()) if from_last_good => log::info!(
+                "kept the last-known-good configuration: {} is still broken",
+                self.config_dir.display()
+            ),
             Ok(()) => log::info!(
                 "saved {} as the last-known-good configuration",
                 self.config_dir.display()
@@ -139,8 +151,11 @@ mod tests {
 
     #[test]
     fn deadline_follows_the_first_moment_all_were_up() {
-        let mut h =
-            Health::new(Boot { good_after: Duration::from_secs(5), ..Boot::default() }, false);
+        let mut h = Health::new(
+            Boot { good_after: Duration::from_secs(5), ..Boot::default() },
+            false,
+            false,
+        );
         assert_eq!(h.deadline(), None);
         let t = Instant::now();
         h.up_since = Some(t);

@@ -133,6 +133,8 @@ pub struct Setup {
     pub watchdog: Option<crate::watchdog::Watchdog>,
     /// Start a shell on the console at once (`brig.rescue`): its argv.
     pub rescue: Option<Vec<String>>,
+    /// The configuration is the last-known-good copy, booted because `config_dir` is broken.
+    pub from_last_good: bool,
 }
 
 impl Supervisor {
@@ -183,7 +185,11 @@ impl Supervisor {
             waiters: Vec::new(),
             notes: setup.notes,
             watchdog: setup.watchdog,
-            health: health::Health::new(tree.system.boot, setup.persistent_state),
+            health: health::Health::new(
+                tree.system.boot,
+                setup.persistent_state,
+                setup.from_last_good,
+            ),
         };
         if let Some(shell) = setup.rescue {
             sup.add_rescue_shell(shell, "brig.rescue on the kernel command line");
