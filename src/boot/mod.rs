@@ -81,13 +81,12 @@ pub fn run(mode: Mode) -> ! {
 
     // From the initramfs into the merged root (first stage), or notes of that (second).
     if kernel {
-        if let Some(cfg) = tree.system.storage.clone() {
-            if storage::root_is_overlay(Path::new("/")) {
-                notes.extend(storage::read_notes());
-            } else {
-                notes.extend(switch_root(&cfg, opts.factory_reset));
-                (tree, from_last_good) = load_config(&dir, kernel, opts.debug, &mut notes);
-            }
+        if storage::root_is_overlay(Path::new("/")) {
+            // The second stage, whatever the merged root's own system.toml says.
+            notes.extend(storage::read_notes());
+        } else if let Some(cfg) = tree.system.storage.clone() {
+            notes.extend(switch_root(&cfg, opts.factory_reset));
+            (tree, from_last_good) = load_config(&dir, kernel, opts.debug, &mut notes);
         }
         fatal::set_policy(tree.system.boot.on_fatal);
         count_boot(&mut notes);
@@ -107,12 +106,15 @@ pub fn run(mode: Mode) -> ! {
         from_last_good,
     };
     let cgroups = if pid1 { setup_cgroups() } else { None };
-    let action = match Supervisor::new(tree, setup) {
+    // The watchdog outlives the supervisor: it stays open (armed) through the final sync and
+    // unmount until reboot(2), so a shutdown that hangs there is reset too.
+    let (action, _watchdog) = match Supervisor::new(tree, setup) {
         Ok(mut sup) => {
             if let Some(tree) = cgroups {
                 sup.set_cgroups(tree);
             }
-            sup.run()
+            let action = sup.run();
+            (action, sup.take_watchdog())
         }
         Err(e) => {
             log::error!("cannot start the supervisor: {e}; only reaping from now on");

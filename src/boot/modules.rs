@@ -73,6 +73,10 @@ pub fn load_all(names: &[String], dir: &Path, sys_module: &Path) {
         }
     };
     let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let soft = SoftDeps::parse(
+        &std::fs::read_to_string(dir.join("modules.softdep")).unwrap_or_default(),
+        &std::fs::read_to_string(dir.join("modules.alias")).unwrap_or_default(),
+    );
     for name in names {
         let norm = name.replace('-', "_");
         if sys_module.join(&norm).exists() {
@@ -87,10 +91,60 @@ pub fn load_all(names: &[String], dir: &Path, sys_module: &Path) {
             }
             continue;
         };
+        // Soft dependencies (ext4 wants crc32c) are what the module looks up at run time;
+        // missing ones are the module's business, so they are only tried.
+        for pre in soft.pre(&norm) {
+            if let Some(paths) = table.load_order(&pre) {
+                if let Err(e) = paths.iter().try_for_each(|p| insert(&dir.join(p))) {
+                    log::debug!("module {name}: soft dependency {pre}: {e}");
+                }
+            }
+        }
         match order.iter().try_for_each(|p| insert(&dir.join(p))) {
             Ok(()) => log::info!("module {name}: loaded"),
             Err(e) => log::error!("module {name}: {e}"),
         }
+    }
+}
+
+/// `modules.softdep` with the names resolved through `modules.alias` (exact aliases only).
+#[derive(Debug, Default)]
+pub struct SoftDeps {
+    pre: HashMap<String, Vec<String>>,
+}
+
+impl SoftDeps {
+    pub fn parse(softdep: &str, alias: &str) -> Self {
+        let aliases: HashMap<&str, &str> = alias
+            .lines()
+            .filter_map(|l| l.strip_prefix("alias "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        let mut pre = HashMap::new();
+        for line in softdep.lines() {
+            let Some(rest) = line.strip_prefix("softdep ") else { continue };
+            let mut words = rest.split_whitespace();
+            let Some(module) = words.next() else { continue };
+            let mut in_pre = false;
+            let mut list = Vec::new();
+            for word in words {
+                match word {
+                    "pre:" => in_pre = true,
+                    "post:" => in_pre = false,
+                    w if in_pre => {
+                        list.push(aliases.get(w).copied().unwrap_or(w).replace('-', "_"))
+                    }
+                    _ => {}
+                }
+            }
+            pre.insert(module.replace('-', "_"), list);
+        }
+        SoftDeps { pre }
+    }
+
+    /// Modules to try before `name`.
+    pub fn pre(&self, name: &str) -> Vec<String> {
+        self.pre.get(name).cloned().unwrap_or_default()
     }
 }
 
@@ -138,6 +192,16 @@ kernel/drivers/net/virtio-net.ko.xz: kernel/drivers/net/net_failover.ko.xz kerne
         assert_eq!(t.load_order("virtio_net").unwrap().len(), 3);
         assert_eq!(t.load_order("virtio-net").unwrap().len(), 3);
         assert!(t.load_order("nosuch").is_none());
+    }
+
+    #[test]
+    fn soft_dependencies_resolve_through_aliases() {
+        let soft = SoftDeps::parse(
+            "# comment\nsoftdep ext4 pre: crc32c post: mbcache_extra\n",
+            "alias crc32c crc32c_generic\nalias fs-ext4 ext4\n",
+        );
+        assert_eq!(soft.pre("ext4"), vec!["crc32c_generic"]);
+        assert!(soft.pre("overlay").is_empty());
     }
 
     #[test]

@@ -202,6 +202,11 @@ impl Supervisor {
         self.cgroups = Some(tree);
     }
 
+    /// Hands the watchdog to the caller, to keep it armed past the supervisor's end.
+    pub fn take_watchdog(&mut self) -> Option<crate::watchdog::Watchdog> {
+        self.watchdog.take()
+    }
+
     /// Runs until the shutdown ends in reboot(2). Returns only if that fails.
     pub fn run(&mut self) -> Action {
         let mut events = vec![EpollEvent::empty(); 64];
