@@ -54,7 +54,7 @@ ARCHES = {
         "x86_64", "x86_64-unknown-linux-musl", "amd64",
         "linux-image-cloud-amd64", "linux-image-6.1.0-57-cloud-amd64", "ttyS0",
         ("qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-m", "256"),
-        ("linux-image-amd64", "linux-image-6.1.0-57-amd64"),
+        watchdog_kernel=("linux-image-amd64", "linux-image-6.1.0-57-amd64"),
     ),
     "aarch64": Arch(
         "aarch64", "aarch64-unknown-linux-musl", "arm64",
