@@ -336,10 +336,14 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 def qemu_command(arch, kernel, initrd, port, cmdline="", forwards=None):
-    # restrict=on: the guest reaches nothing outside QEMU; only the forwarded ports come in.
-    net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:80"
+    # restrict=on: the guest reaches nothing outside QEMU; only the forwarded ports come in. But
+    # libslirp's udp_input drops every UDP datagram from a restricted guest (DHCP and TFTP
+    # aside), replies to a UDP forward included: a scenario with one runs unrestricted.
+    forwards = forwards or {}
+    udp = any(rule.startswith("udp:") for rule in forwards)
+    net = f"user,id=n0,restrict={'off' if udp else 'on'},hostfwd=tcp:127.0.0.1:{port}-:80"
     # A scenario's own forwards: {"udp:10.0.2.15:53": host port}.
-    for rule, host_port in (forwards or {}).items():
+    for rule, host_port in forwards.items():
         proto, _, guest = rule.partition(":")
         net += f",hostfwd={proto}:127.0.0.1:{host_port}-{guest}"
     if "brig.debug" in cmdline:

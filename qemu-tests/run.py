@@ -18,6 +18,7 @@ import time
 import brigvm
 from brigvm import ARCHES, ScenarioFailed
 from scenarios import SCENARIOS
+import scenarios_daemons  # noqa: F401 - registers its scenarios in SCENARIOS
 
 
 class Reporter:
@@ -45,11 +46,18 @@ class Reporter:
 
 def run_scenario(arch, kernel, bases, sc):
     """Boot one scenario; returns (error or None, log path). QEMU never outlives this call."""
-    overlay = brigvm.build_overlay(arch, sc.name, sc.files)
+    try:
+        overlay = brigvm.build_overlay(arch, sc.name, sc.files, kernel)
+    except Exception as err:  # noqa: BLE001 - a guest that cannot be built fails its scenario
+        return f"overlay build failed: {err}", os.devnull
     initrd = brigvm.concat([bases[sc.base], overlay], overlay.replace(".cpio.gz", ".initrd"))
     port = brigvm.free_port()
+    forwards = {rule: brigvm.free_port(brigvm.socket.SOCK_DGRAM if rule.startswith("udp:")
+                                       else brigvm.socket.SOCK_STREAM) for rule in sc.hostfwd}
     log_path = os.path.join(brigvm.WORK, arch.name, "scenarios", f"{sc.name}.console.log")
-    vm = brigvm.Vm(brigvm.qemu_command(arch, kernel, initrd, port, sc.cmdline), port, log_path)
+    cmd = brigvm.qemu_command(arch, kernel, initrd, port, sc.cmdline, forwards)
+    vm = brigvm.Vm(cmd, port, log_path)
+    vm.forwards = forwards
     # The hard timeout: killing QEMU makes any pending expect() fail with "QEMU exited".
     timer = threading.Timer(sc.timeout, vm.proc.kill)
     timer.start()

@@ -24,14 +24,17 @@ class Scenario:
     files: dict
     cmdline: str
     timeout: int
+    # Extra QEMU port forwards, "udp:10.0.2.15:53": the Vm's forwards maps each to its host port.
+    hostfwd: tuple = ()
 
 
 SCENARIOS = []
 
 
-def scenario(base="bare", files=None, cmdline="", timeout=90):
+def scenario(base="bare", files=None, cmdline="", timeout=90, hostfwd=()):
     def register(check):
-        SCENARIOS.append(Scenario(check.__name__, check, base, files or {}, cmdline, timeout))
+        SCENARIOS.append(Scenario(check.__name__, check, base, files or {}, cmdline, timeout,
+                                  hostfwd))
         return check
     return register
 
