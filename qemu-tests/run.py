@@ -91,7 +91,7 @@ def run_arch_scenarios(arch, scenarios, reporter):
         for sc in scenarios:
             reporter.result(arch, sc, f"image build failed: {err}", 0, os.devnull)
         return
-    for sc in scenarios:
+    for sc in [sc for sc in scenarios if not sc.arches or arch.name in sc.arches]:
         start = time.monotonic()
         error, log_path = run_scenario(arch, kernel, bases, sc)
         reporter.result(arch, sc, error, time.monotonic() - start, log_path)

@@ -26,15 +26,16 @@ class Scenario:
     timeout: int
     # Extra QEMU port forwards, "udp:10.0.2.15:53": the Vm's forwards maps each to its host port.
     hostfwd: tuple = ()
+    arches: tuple = ()  # the architectures it runs on; empty: all
 
 
 SCENARIOS = []
 
 
-def scenario(base="bare", files=None, cmdline="", timeout=90, hostfwd=()):
+def scenario(base="bare", files=None, cmdline="", timeout=90, hostfwd=(), arches=()):
     def register(check):
         SCENARIOS.append(Scenario(check.__name__, check, base, files or {}, cmdline, timeout,
-                                  hostfwd))
+                                  hostfwd, arches))
         return check
     return register
 

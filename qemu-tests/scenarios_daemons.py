@@ -146,7 +146,9 @@ def resolve_through(port, name, seconds):
     raise ScenarioFailed(f"no DNS answer for {name} through UDP port {port} in {seconds} s")
 
 
-@scenario(hostfwd=(DNSMASQ_FORWARD,), timeout=240, files={
+# x86_64 and aarch64 only: the 32-bit guests have 64 MiB of RAM and the image alone is 11 MB
+# (not tried there yet).
+@scenario(hostfwd=(DNSMASQ_FORWARD,), arches=("x86_64", "aarch64"), timeout=240, files={
     "/etc/brig/system.toml": DNSMASQ_SYSTEM,
     "/var/lib/brig/images/dnsmasq": Tree(dnsmasq_image),
     "/opt/bridge.sh": BRIDGE_SH,
@@ -173,6 +175,8 @@ def dnsmasq_in_a_bridged_container_answers_the_host(vm):
     resolve_through(vm.forwards[DNSMASQ_FORWARD], "done.brig.test", 60)
 
     vm.expect(r"PROBE status:", timeout=60)
+    # Regression: `brig logs` of a service without output yet failed as if PID 1 were gone.
+    expect_true("closed without answering" not in vm.text, "brig logs failed in the probe")
     vm.expect(r"\ndnsmasq +running +\d+ ", timeout=10)
     vm.cursor = vm.text.index("PROBE status:")
     vm.expect(r"\nsteady +running +\d+ ", timeout=10)
