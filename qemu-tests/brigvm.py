@@ -246,11 +246,15 @@ def stage_modules(root, kernel, names):
     run(["depmod", "-b", root, kernel.version])
 
 
-def write_files(root, files):
+def write_files(root, files, arch=None):
     """Write {guest path: text} into root; paths under a bin/ or ending in .sh, .cgi are made
-    executable unless the text is wrapped in Mode(text, mode)."""
+    executable unless the text is wrapped in Mode(text, mode). A Tree(build) is a directory that
+    build(arch, dest) makes, for content that depends on the architecture (container images)."""
     for path, content in files.items():
         mode = 0o644
+        if isinstance(content, Tree):
+            content.build(arch, os.path.join(root, path.lstrip("/")))
+            continue
         if isinstance(content, Mode):
             content, mode = content.text, content.mode
         elif re.search(r"(/bin/|\.sh$|\.cgi$)", path):
@@ -266,6 +270,11 @@ def write_files(root, files):
 class Mode:
     text: str
     mode: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Tree:
+    build: object
 
 
 def pack_cpio(root, out):
@@ -337,14 +346,27 @@ def build_base(arch, with_appliance, fault=False, watchdog_kernel=False):
     return kernel, out
 
 
-def build_overlay(arch, name, files):
+def build_overlay(arch, name, files, kernel=None):
     root = os.path.join(WORK, arch.name, "scenarios", name)
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
-    write_files(root, files)
+    write_files(root, files, arch)
+    # Modules the scenario's own system.toml loads beyond the base's: staged with a modules.dep
+    # for the union, which replaces the base's when the kernel unpacks the overlay.
+    extra = [m for m in scenario_modules(files) if m not in appliance_modules()]
+    if extra and kernel:
+        stage_modules(root, kernel, appliance_modules() + extra)
     out = root + ".cpio.gz"
     pack_cpio(root, out)
     return out
+
+
+def scenario_modules(files):
+    text = files.get("/etc/brig/system.toml")
+    try:
+        return tomllib.loads(text).get("modules", []) if isinstance(text, str) else []
+    except tomllib.TOMLDecodeError:
+        return []  # a scenario about a broken system.toml
 
 
 def concat(parts, out):
@@ -357,15 +379,23 @@ def concat(parts, out):
 
 # --- QEMU -----------------------------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def qemu_command(arch, kernel, initrd, port, cmdline="", extra=()):
-    # restrict=on: the guest reaches nothing outside QEMU; only the forwarded port comes in.
-    net = f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:80"
+def qemu_command(arch, kernel, initrd, port, cmdline="", extra=(), forwards=None):
+    # restrict=on: the guest reaches nothing outside QEMU; only the forwarded ports come in. But
+    # libslirp's udp_input drops every UDP datagram from a restricted guest (DHCP and TFTP
+    # aside), replies to a UDP forward included: a scenario with one runs unrestricted.
+    forwards = forwards or {}
+    udp = any(rule.startswith("udp:") for rule in forwards)
+    net = f"user,id=n0,restrict={'off' if udp else 'on'},hostfwd=tcp:127.0.0.1:{port}-:80"
+    # A scenario's own forwards: {"udp:10.0.2.15:53": host port}.
+    for rule, host_port in forwards.items():
+        proto, _, guest = rule.partition(":")
+        net += f",hostfwd={proto}:127.0.0.1:{host_port}-{guest}"
     if "brig.debug" in cmdline:
         # brig's debug lines go to /dev/kmsg at level 7, which the console shows only from 8 up.
         cmdline += " loglevel=8"
@@ -387,6 +417,7 @@ class Vm:
     def __init__(self, cmd, port, log_path, slowness=1.0):
         self.port = port
         self.slowness = slowness
+        self.forwards = {}  # a scenario's extra forwards: {"udp:10.0.2.15:53": host port}
         self.log_path = log_path
         self.text = ""
         self.cursor = 0
@@ -525,7 +556,7 @@ class Lab:
         log_path = os.path.join(self.dir, f"boot-{self.boots:02}.console.log")
         cmd = qemu_command(self.arch, self.kernel, initrd or self.initrd, port,
                            f"{self.cmdline} {cmdline}".strip(), (*drives, *extra))
-        self.vm = Vm(cmd, port, log_path)
+        self.vm = Vm(cmd, port, log_path, self.arch.slowness)
         return self.vm
 
     def kill(self):

@@ -21,6 +21,7 @@ from scenarios import SCENARIOS
 # Registered into SCENARIOS on import: the client (issue 4) and the appliance host (issue 5).
 import client_scenarios  # noqa: F401,E402
 import host_scenarios  # noqa: F401,E402
+import scenarios_daemons  # noqa: F401 - registers its scenarios in SCENARIOS
 
 
 class Reporter:
@@ -71,14 +72,20 @@ def run_lab_scenario(arch, kernel, initrd, sc):
 
 def run_scenario(arch, kernel, bases, sc, base):
     """Boot one scenario; returns (error or None, log path). QEMU never outlives this call."""
-    overlay = brigvm.build_overlay(arch, sc.name, sc.files)
+    try:
+        overlay = brigvm.build_overlay(arch, sc.name, sc.files, kernel)
+    except Exception as err:  # noqa: BLE001 - a guest that cannot be built fails its scenario
+        return f"overlay build failed: {err}", os.devnull
     initrd = brigvm.concat([bases[base], overlay], overlay.replace(".cpio.gz", ".initrd"))
     if sc.lab:
         return run_lab_scenario(arch, kernel, initrd, sc)
     port = brigvm.free_port()
+    forwards = {rule: brigvm.free_port(brigvm.socket.SOCK_DGRAM if rule.startswith("udp:")
+                                       else brigvm.socket.SOCK_STREAM) for rule in sc.hostfwd}
     log_path = os.path.join(brigvm.WORK, arch.name, "scenarios", f"{sc.name}.console.log")
-    cmd = brigvm.qemu_command(arch, kernel, initrd, port, sc.cmdline, sc.qemu_args)
+    cmd = brigvm.qemu_command(arch, kernel, initrd, port, sc.cmdline, sc.qemu_args, forwards)
     vm = brigvm.Vm(cmd, port, log_path, arch.slowness)
+    vm.forwards = forwards
     # The hard timeout: killing QEMU makes any pending expect() fail with "QEMU exited".
     timer = threading.Timer(sc.timeout * arch.slowness, vm.proc.kill)
     timer.start()
@@ -104,7 +111,7 @@ def run_arch(arch, scenarios, reporter):
 
 
 def run_arch_scenarios(arch, scenarios, reporter):
-    scenarios = [sc for sc in scenarios if sc.arches is None or arch.name in sc.arches]
+    scenarios = [sc for sc in scenarios if not sc.arches or arch.name in sc.arches]
     try:
         kernel, bare = brigvm.build_base(arch, with_appliance=False)
         _, appliance = brigvm.build_base(arch, with_appliance=True)

@@ -31,18 +31,21 @@ class Scenario:
     lab: bool = False
     # Boot the architecture's kernel with an i6300esb driver (see brigvm.Arch.watchdog_kernel).
     watchdog_kernel: bool = False
+    # Extra QEMU port forwards, "udp:10.0.2.15:53": the Vm's forwards maps each to its host port.
+    hostfwd: tuple = ()
 
 
 SCENARIOS = []
 
 
 def scenario(base="bare", files=None, cmdline="", timeout=90, arches=None, qemu_args=(),
-             lab=False, watchdog_kernel=False):
+             lab=False, watchdog_kernel=False, hostfwd=()):
     """Registers a check. base: "bare", "appliance", or "fault" (bare with the
     fault-injection build of brig)."""
     def register(check):
         SCENARIOS.append(Scenario(check.__name__, check, base, files or {}, cmdline, timeout,
-                                  arches, tuple(qemu_args), lab, watchdog_kernel))
+                                  arches, tuple(qemu_args), lab, watchdog_kernel,
+                                  tuple(hostfwd)))
         return check
     return register
 

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(qemu-system-x86 qemu-system-arm qemu-system-mips busybox-static cpio kmod gzip findutils
-    python3 file squashfs-tools e2fsprogs iproute2 util-linux)
+    python3 file squashfs-tools e2fsprogs iproute2 util-linux binutils)
 TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 
 missing_packages() {

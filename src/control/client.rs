@@ -170,7 +170,10 @@ fn exchange(mut stream: UnixStream, parsed: &Parsed) -> io::Result<i32> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad answer: {e}")))?;
         code = code.max(show(&response, parsed.json));
     }
-    if !got_any {
+    // `logs` of a service that has printed nothing yet is an empty answer, not a lost PID 1:
+    // the server sends one line per log line and closes.
+    let logs = matches!(parsed.request, Request::Logs { .. });
+    if !got_any && !logs {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "brig closed without answering"));
     }
     Ok(code)
@@ -369,6 +372,20 @@ mod tests {
         assert!(lines[0].starts_with("NAME   STATE    PID  UPTIME"), "{table}");
         assert!(lines[1].starts_with("httpd  running  42   2m5s"), "{table}");
         assert!(lines[1].contains("1.5K"), "{table}");
+    }
+
+    #[test]
+    fn logs_of_a_service_without_output_is_an_empty_answer() {
+        // Regression: `brig logs NAME` before NAME printed anything failed with exit 3,
+        // "brig closed without answering", because PID 1 answers with no line at all.
+        for (cmd, want) in [("logs", Some(EXIT_OK)), ("status", None)] {
+            let parsed = parse(cmd, &args(&["quiet"])).unwrap();
+            let (client, server) = UnixStream::pair().unwrap();
+            server.shutdown(std::net::Shutdown::Write).unwrap();
+            let got = exchange(client, &parsed).ok();
+            drop(server);
+            assert_eq!(got, want, "{cmd}");
+        }
     }
 
     #[test]
