@@ -49,6 +49,7 @@ def stage(init, n, conf, name):
     os.makedirs(os.path.join(root, "dev"))
     # devtmpfs is mounted by brig and finit only; the others see the initramfs's /dev.
     os.mknod(os.path.join(root, "dev", "kmsg"), 0o20644, os.makedev(1, 11))
+    os.mknod(os.path.join(root, "dev", "null"), 0o20666, os.makedev(1, 3))
     services = len(bench_inits.service_names(n)) if init.services else 0
     settings = dict(conf, SERVICES=services)
     files = dict(bench_inits.common_files(), **init.files)
