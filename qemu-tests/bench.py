@@ -309,10 +309,16 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     kernel, base = brigvm.build_base(ARCH, with_appliance=False)
 
-    results = []
+    results, failed = [], []
     for n in args.n or [10, 200]:
         for key in args.inits.split(","):
-            results.append(run_init(kernel, base, key, n, args.boots))
+            try:
+                results.append(run_init(kernel, base, key, n, args.boots))
+            except brigvm.ScenarioFailed as err:
+                # One init that does not come up must not cost the others' figures; the
+                # table is then incomplete and the run fails at the end.
+                failed.append(f"{key} N={n}: {err}")
+                print(f"  {key} N={n} FAILED: {err}", flush=True)
     report = [context(kernel, args.boots), "", table(results)]
     if not args.no_extras:
         report += ["", *extras(kernel, base, args.boots)]
@@ -323,7 +329,9 @@ def main():
     if args.readme:
         plot(results, PLOT)
         update_readme(text)
-    return 0
+    if failed:
+        print("failed:\n  " + "\n  ".join(failed))
+    return 1 if failed else 0
 
 
 def extras(kernel, base, boots):

@@ -116,8 +116,9 @@ def runit(arch, n):
 
 def finit(arch, n):
     root = unpacked("finit")
-    lines = [f"service name:{name} [2345] /opt/svc.sh {name} -- {name}"
-             for name in service_names(n)]
+    # finit tells apart several services of one command by their `:ID`.
+    lines = [f"service :{i} [2345] /opt/svc.sh {name} -- {name}"
+             for i, name in enumerate(service_names(n), 1)]
     lines.append("task name:probe [2345] /opt/probe.sh -- probe")
     return Init("finit", "4.2", "/sbin/finit", "/sbin/finit", True,
                 {"/sbin/finit": os.path.join(root, "sbin/finit")},
