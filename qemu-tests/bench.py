@@ -32,7 +32,8 @@ ARCH = ARCHES["x86_64"]
 OUT = os.path.join(brigvm.WORK, "bench")
 README = os.path.join(brigvm.REPO, "README.md")
 PLOT = os.path.join(brigvm.REPO, "docs", "bench.png")
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+# README sections the harness rewrites: the side-by-side table, and containers plus scale.
+SECTIONS = {"table": "bench", "extras": "bench-extras"}
 
 # The probe's settings per kind of boot (see bench_probe.sh).
 FULL = dict(RESTART=1, IDLE=10, ORPHANS=100, CONTAINERS=0)
@@ -278,15 +279,16 @@ def plot(results, path):
     fig.savefig(path, dpi=90)
 
 
-def update_readme(text):
+def update_readme(section, text):
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     with open(README) as f:
         readme = f.read()
-    if BEGIN not in readme:
-        sys.exit(f"README.md has no {BEGIN} ... {END} section to fill")
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    if begin not in readme:
+        sys.exit(f"README.md has no {begin} ... {end} section to fill")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(README, "w") as f:
-        f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        f.write(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -299,6 +301,7 @@ def main():
     parser.add_argument("--inits", default=",".join(bench_inits.INITS))
     parser.add_argument("-n", type=int, action="append", help="service counts (default 10, 200)")
     parser.add_argument("--no-extras", action="store_true", help="skip containers and scale")
+    parser.add_argument("--extras-only", action="store_true", help="only containers and scale")
     parser.add_argument("--readme", action="store_true", help="write README.md and docs/bench.png")
     args = parser.parse_args()
     if args.quick:
@@ -309,7 +312,21 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     kernel, base = brigvm.build_base(ARCH, with_appliance=False)
 
-    results, failed = [], []
+    failed = []
+    if not args.extras_only:
+        side_by_side(args, kernel, base, failed)
+    if not args.no_extras:
+        text = "\n".join(extras(kernel, base, args.boots))
+        print("\n" + text)
+        save("extras", text, args.readme)
+    if failed:
+        print("failed:\n  " + "\n  ".join(failed))
+    return 1 if failed else 0
+
+
+def side_by_side(args, kernel, base, failed):
+    """Every init at every N: the table, and with --readme the plot."""
+    results = []
     for n in args.n or [10, 200]:
         for key in args.inits.split(","):
             try:
@@ -319,28 +336,25 @@ def main():
                 # table is then incomplete and the run fails at the end.
                 failed.append(f"{key} N={n}: {err}")
                 print(f"  {key} N={n} FAILED: {err}", flush=True)
-    report = [context(kernel, args.boots), "", table(results)]
-    if not args.no_extras:
-        report += ["", *extras(kernel, base, args.boots)]
-    text = "\n".join(report)
+    text = "\n".join([context(kernel, args.boots), "", table(results)])
     print("\n" + text)
-    with open(os.path.join(OUT, "table.md"), "w") as f:
-        f.write(text + "\n")
+    save("table", text, args.readme)
     if args.readme:
         plot(results, PLOT)
-        update_readme(text)
-    if failed:
-        print("failed:\n  " + "\n  ".join(failed))
-    return 1 if failed else 0
+
+
+def save(section, text, readme):
+    with open(os.path.join(OUT, f"{section}.md"), "w") as f:
+        f.write(text + "\n")
+    if readme:
+        update_readme(SECTIONS[section], text)
 
 
 def extras(kernel, base, boots):
     """Containers (crun, and brig once it has them) and brig with 1000 services."""
-    lines = []
-    import bench_extras
-    lines += bench_extras.containers(kernel, base)
-    lines += bench_extras.scale(kernel, base, boots)
-    return lines
+    import bench_extras  # it imports this module: import it only when needed
+
+    return [*bench_extras.containers(kernel, base), "", *bench_extras.scale(kernel, base, boots)]
 
 
 if __name__ == "__main__":

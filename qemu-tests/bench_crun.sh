@@ -8,7 +8,7 @@ bundle=/var/lib/bench/bundle
 [ -d /sys/fs/cgroup ] || mount -t sysfs sysfs /sys
 grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 grep -q overlay /proc/filesystems || modprobe overlay
-mkdir -p /run/ctr
+mkdir -p /run/ctr "$bundle/rootfs"
 mount -t tmpfs tmpfs /run/ctr
 i=1
 while [ "$i" -le "$1" ]; do
@@ -17,7 +17,9 @@ while [ "$i" -le "$1" ]; do
     mount -t overlay overlay \
         -o lowerdir=/var/lib/bench/image,upperdir=/run/ctr/upper,workdir=/run/ctr/work \
         "$bundle/rootfs"
-    crun run --bundle "$bundle" "bench$i" || echo "BENCH CRUN FAILED $i"
+    # pivot_root(2) gives EINVAL when the host root is the initramfs: like brig there, crun
+    # then moves the new root onto / and chroots.
+    crun run --no-pivot --bundle "$bundle" "bench$i" || echo "BENCH CRUN FAILED $i"
     umount "$bundle/rootfs"
     rm -rf /run/ctr/upper /run/ctr/work
     i=$((i + 1))

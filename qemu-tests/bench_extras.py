@@ -1,0 +1,128 @@
+"""The benchmark's two extra measurements: container start (brig against `crun run`) and brig
+with 1000 services. Both boot brig as PID 1 the way bench.py does and print markdown lines.
+
+Containers: crun (Debian's) runs an OCI bundle over an overlay root with PID, mount, UTS, IPC and
+cgroup namespaces and memory/pids limits, which is what a brig `[container]` service with the
+same settings does. brig's side is measured only when the brig under test knows `[container]`
+(asked with `brig check`, so no figure is ever assumed): until the `containers` branch is merged
+the row says so.
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+
+import bench
+import bench_inits
+import brigvm
+
+CRUN_RUNS = 5
+IMAGE = "/var/lib/bench/image"
+BUNDLE = "/var/lib/bench/bundle"
+MARK = "echo '<6>bench: {what}' >/dev/kmsg"
+
+# The same container for both: one shell that writes a marker and exits.
+CONTAINER_SERVICE = f"""exec = ["/bin/sh", "-c", "{MARK.format(what='brig ctr up')}"]
+type = "oneshot"
+after = ["ctr-trigger"]
+
+[limits]
+memory_max = "64M"
+pids_max = 64
+
+[container]
+image = "{IMAGE}"
+volumes = [{{ target = "/dev/kmsg", bind = "/dev/kmsg" }}]
+"""
+TRIGGER_SERVICE = f"""exec = ["/bin/sh", "-c", "{MARK.format(what='brig ctr start')}"]
+type = "oneshot"
+"""
+
+
+def oci_config():
+    """config.json of the crun bundle: the settings of CONTAINER_SERVICE, in OCI terms."""
+    return {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "cwd": "/",
+                    "args": ["/bin/sh", "-c", MARK.format(what="ctr up")],
+                    "env": ["PATH=/bin"], "noNewPrivileges": True},
+        "root": {"path": "rootfs"},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "mode=755", "size=1024k"]},
+            {"destination": "/dev/kmsg", "type": "bind", "source": "/dev/kmsg",
+             "options": ["bind"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "mount", "uts", "ipc", "cgroup")],
+            "resources": {"memory": {"limit": 64 << 20}, "pids": {"limit": 64}},
+            "cgroupsPath": "/bench",
+        },
+    }
+
+
+def brig_has_containers():
+    """True when the brig under test accepts CONTAINER_SERVICE (`brig check` decides)."""
+    with tempfile.TemporaryDirectory() as conf:
+        os.makedirs(os.path.join(conf, "services"))
+        for name, text in (("system.toml", ""), ("services/ctr.toml", CONTAINER_SERVICE),
+                           ("services/ctr-trigger.toml", TRIGGER_SERVICE)):
+            with open(os.path.join(conf, name), "w") as f:
+                f.write(text)
+        res = subprocess.run([brigvm.brig_binary(bench.ARCH), "check", "--config", conf],
+                             capture_output=True, text=True)
+    return res.returncode == 0
+
+
+def container_init(with_brig):
+    init = bench_inits.brig(bench.ARCH, 0)
+    crun = bench_inits.unpacked("crun")
+    init.binaries["/usr/bin/crun"] = os.path.join(crun, "usr/bin/crun")
+    init.binaries[f"{IMAGE}/bin/busybox"] = brigvm.fetch_busybox(bench.ARCH)
+    init.links[f"{IMAGE}/bin/sh"] = "busybox"
+    init.files[f"{BUNDLE}/config.json"] = json.dumps(oci_config(), indent=1) + "\n"
+    if with_brig:
+        init.files["/etc/brig/services/ctr.toml"] = CONTAINER_SERVICE
+        init.files["/etc/brig/services/ctr-trigger.toml"] = TRIGGER_SERVICE
+    return init
+
+
+def containers(kernel, base):
+    """Markdown lines: median start latency of crun and of brig's container service."""
+    with_brig = brig_has_containers()
+    init = container_init(with_brig)
+    overlay = bench.stage(init, 0, bench.CRUN, "containers")
+    text = bench.boot(kernel, base, overlay, init, "containers", 512, 600)
+    events = bench.kmsg(text)
+    failed = text.count("BENCH CRUN FAILED")
+    crun = bench.container_starts(events, r"bench: crun start", r"bench: ctr up")
+    print(f"  crun starts (ms): {[round(x, 1) for x in crun]}, failed runs: {failed}", flush=True)
+    lines = ["| container start (icount) | median | runs |", "|---|---|---|",
+             f"| `crun run` 1.8.1: overlay root, PID/mount/UTS/IPC/cgroup namespaces, memory and "
+             f"pids limits | {bench.ms(bench.median(crun))} | {len(crun)} of {CRUN_RUNS} |"]
+    if with_brig:
+        ours = bench.container_starts(events, r"bench: brig ctr start", r"bench: brig ctr up")
+        lines.append(f"| brig `[container]` service, same settings (from its `after` "
+                     f"trigger's marker) | {bench.ms(bench.median(ours))} | {len(ours)} |")
+    else:
+        lines.append("| brig `[container]` service | pending merge of `containers` "
+                     "(this brig's `brig check` rejects `[container]`) | — |")
+    return lines
+
+
+def scale(kernel, base, boots):
+    """Markdown lines: brig with 10 and 1000 services, boot-to-ready and PID 1 memory."""
+    rows = {n: bench.run_init(kernel, base, "brig", n, boots, conf=bench.SCALE, memory=1024)
+            for n in (10, 1000)}
+    per_service = (rows[1000]["pid1_rss"] - rows[10]["pid1_rss"]) / 990
+    lines = ["| brig services | boot-to-ready (icount) | PID 1 RSS | PID 1 USS |", "|---|---|---|---|"]
+    for n, r in rows.items():
+        lines.append(f"| {n} | {bench.ms(r['ready'])} | {r['pid1_rss']} KiB | "
+                     f"{r['uss'] if r['procs'] == 1 else '—'} KiB |")
+    lines.append("")
+    lines.append(f"PID 1 memory per service: {per_service:.2f} KiB "
+                 f"((RSS at 1000 − RSS at 10) / 990).")
+    return lines
