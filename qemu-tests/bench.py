@@ -199,7 +199,7 @@ def median(values):
 
 def run_init(kernel, base, key, n, boots, conf=FULL, memory=512, timeout=600):
     """Median figures of `boots` boots of one init supervising n services (+ the victim)."""
-    init = bench_inits.INITS[key](ARCH, n)
+    init = {**bench_inits.INITS, **bench_inits.VARIANTS}[key](ARCH, n)
     name = f"{key}-n{n}" + ("" if conf is FULL else "-" + "-".join(f"{k}{v}" for k, v in
                                                                      sorted(conf.items())))
     overlay = stage(init, n, conf, name)
@@ -261,7 +261,7 @@ def plot(results, path):
     try:
         import matplotlib
     except ImportError:
-        sys.exit("matplotlib is missing: run `pip install matplotlib` (qemu-tests/bench-setup.sh)")
+        sys.exit("matplotlib is missing: run qemu-tests/bench-setup.sh (pip install matplotlib)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -354,7 +354,10 @@ def extras(kernel, base, boots):
     """Containers (crun, and brig once it has them) and brig with 1000 services."""
     import bench_extras  # it imports this module: import it only when needed
 
-    return [*bench_extras.containers(kernel, base), "", *bench_extras.scale(kernel, base, boots)]
+    return [*bench_extras.containers(kernel, base), "",
+            *bench_extras.scale(kernel, base, boots), "",
+            *bench_extras.restart_without_delay(kernel, base, boots), "",
+            *bench_extras.binary_sizes()]
 
 
 if __name__ == "__main__":

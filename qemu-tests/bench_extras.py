@@ -126,3 +126,23 @@ def scale(kernel, base, boots):
     lines.append(f"PID 1 memory per service: {per_service:.2f} KiB "
                  f"((RSS at 1000 − RSS at 10) / 990).")
     return lines
+
+
+def restart_without_delay(kernel, base, boots):
+    """Markdown lines: brig's first restart with the victim's restart_delay at 0."""
+    r = bench.run_init(kernel, base, "brig0", 10, boots)
+    return [f"First restart of brig with `restart_delay = \"0ms\"` on the killed service "
+            f"(N = 10, median of {boots} boot(s), icount): {bench.ms(r['restart'])}."]
+
+
+def binary_sizes():
+    """Markdown lines: the stripped release binaries of brig that are built, per target."""
+    lines = []
+    for arch in brigvm.ARCHES.values():
+        path = brigvm.brig_binary(arch)
+        if os.path.exists(path):
+            lines.append(f"brig release binary (stripped), {arch.triple}: "
+                         f"{os.path.getsize(path) / 1024:.0f} KiB.")
+        else:
+            lines.append(f"brig for {arch.triple}: not built, no size.")
+    return lines
