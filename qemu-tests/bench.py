@@ -112,14 +112,16 @@ class Proc:
     pss: int
     uss: int
     switches: int
+    anon: int
 
 
 def processes(text, tag):
     procs = {}
-    for m in re.finditer(rf"BENCH P{tag} (\d+) (\d+) \S+ (\S+) (\d+) (\d+) (\d+) (\d+) (\d+)", text):
-        pid, ppid, comm, rss, pss, uss, vol, nvol = m.groups()
+    rx = rf"BENCH P{tag} (\d+) (\d+) \S+ (\S+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)"
+    for m in re.finditer(rx, text):
+        pid, ppid, comm, rss, pss, uss, vol, nvol, anon = m.groups()
         procs[int(pid)] = Proc(int(pid), int(ppid), comm, int(rss), int(pss), int(uss),
-                               int(vol) + int(nvol))
+                               int(vol) + int(nvol), int(anon))
     return procs
 
 
@@ -173,8 +175,9 @@ def figures(text):
     """Every figure of one boot, from its console text."""
     probe = int(re.search(r"BENCH PROBE (\d+)", text).group(1))
     sup0 = supervision(processes(text, 0), probe)
-    fig = {"pid1_rss": sup0[1].rss, "rss": sum(p.rss for p in sup0.values()),
-           "pss": sum(p.pss for p in sup0.values()), "uss": sum(p.uss for p in sup0.values()),
+    fig = {"pid1_rss": sup0[1].rss, "pid1_anon": sup0[1].anon,
+           "rss": sum(p.rss for p in sup0.values()), "pss": sum(p.pss for p in sup0.values()),
+           "uss": sum(p.uss for p in sup0.values()),
            "procs": len(sup0)}
     events = kmsg(text)
     fig["ready"] = boot_to_ready(events)

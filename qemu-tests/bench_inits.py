@@ -100,7 +100,8 @@ def tini(arch, n):
 
 def s6(arch, n):
     root = unpacked("s6")
-    bins = {f"/usr/bin/{b}": os.path.join(root, "usr/bin", b) for b in ("s6-svscan", "s6-supervise")}
+    bins = {f"/usr/bin/{b}": os.path.join(root, "usr/bin", b)
+            for b in ("s6-svscan", "s6-supervise")}
     # s6-svscan finds s6-supervise on PATH, which the kernel does not set: a wrapper execs it.
     files = {"/opt/init-s6": brigvm.Mode("#!/bin/sh\n" + PATH + "exec s6-svscan /etc/s6\n", 0o755)}
     links = {f"/etc/s6/{name}/run": "/opt/svc.sh" for name in service_names(n)}

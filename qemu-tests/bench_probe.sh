@@ -25,7 +25,8 @@ count_up() {
     [ -e "$1" ] && echo $# || echo 0
 }
 
-# One line per process: pid ppid state comm rss pss uss voluntary nonvoluntary (KiB, counts).
+# One line per process: pid ppid state comm rss pss uss voluntary nonvoluntary anonymous
+# (KiB, counts, KiB).
 # Kernel threads have an empty smaps_rollup and are skipped; so is anything that exits mid-scan.
 snapshot() {
     tag=$1
@@ -34,11 +35,13 @@ snapshot() {
         rss=""
         pss=0
         uss=0
+        anon=0
         while read -r key value _; do
             case $key in
                 Rss:) rss=$value ;;
                 Pss:) pss=$value ;;
                 Private_Clean: | Private_Dirty:) uss=$((uss + value)) ;;
+                Anonymous:) anon=$value ;;
             esac
         done 2>/dev/null <"$d/smaps_rollup"
         [ -n "$rss" ] || continue
@@ -55,7 +58,7 @@ snapshot() {
         comm=${comm%%)*}
         rest=${stat##*) }
         set -- $rest
-        echo "BENCH P$tag ${d#/proc/} $2 $1 $comm $rss $pss $uss $vol $nvol"
+        echo "BENCH P$tag ${d#/proc/} $2 $1 $comm $rss $pss $uss $vol $nvol $anon"
     done
 }
 
