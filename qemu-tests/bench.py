@@ -37,7 +37,7 @@ SECTIONS = {"table": "bench", "extras": "bench-extras"}
 
 # The probe's settings per kind of boot (see bench_probe.sh).
 FULL = dict(RESTART=1, IDLE=10, ORPHANS=100, CONTAINERS=0)
-SCALE = dict(RESTART=0, IDLE=0, ORPHANS=0, CONTAINERS=0)
+SCALE = dict(RESTART=0, IDLE=0, ORPHANS=0, CONTAINERS=0, READY_WAIT=60)
 CRUN = dict(RESTART=0, IDLE=0, ORPHANS=0, CONTAINERS=5)
 
 
@@ -52,7 +52,7 @@ def stage(init, n, conf, name):
     os.mknod(os.path.join(root, "dev", "kmsg"), 0o20644, os.makedev(1, 11))
     os.mknod(os.path.join(root, "dev", "null"), 0o20666, os.makedev(1, 3))
     services = len(bench_inits.service_names(n)) if init.services else 0
-    settings = dict(conf, SERVICES=services, READY_WAIT=120)
+    settings = dict({"READY_WAIT": 120}, **conf, SERVICES=services)
     files = dict(bench_inits.common_files(), **init.files)
     files["/opt/bench.conf"] = "".join(f"{k}={v}\n" for k, v in settings.items())
     brigvm.write_files(root, files)
