@@ -25,7 +25,8 @@ import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("BRIG_CACHE", "/var/cache/brig-qemu")
-WORK = os.path.join(REPO, "target", "qemu")
+# Another directory lets two harness runs share the tree without rebuilding each other's images.
+WORK = os.environ.get("BRIG_QEMU_WORK", os.path.join(REPO, "target", "qemu"))
 APPLIANCE = os.path.join(REPO, "config")
 
 

@@ -47,6 +47,10 @@ done
 check "QEMU boot scenarios (x86_64, aarch64, armv7, mipsel; two guests at a time)" \
     python3 qemu-tests/run.py test
 
+# Not a test: the benchmark once in its quick mode (N=10, one boot, brig and BusyBox init, about a
+# minute), so that the harness cannot rot. It fails only when a guest does not complete its probe.
+check "benchmark harness, quick mode" python3 qemu-tests/bench.py --quick
+
 if ((${#failed[@]})); then
     printf '\n=== %d step(s) failed:\n' "${#failed[@]}"
     printf '  %s\n' "${failed[@]}"
