@@ -246,3 +246,19 @@ fn system_ready_waits_for_running_oneshots() {
     let ready = run.log.find("system ready").unwrap();
     assert!(run.log.find("service slow: done").unwrap() < ready, "{}", run.log);
 }
+
+#[test]
+fn services_keep_the_open_file_limit_brig_was_started_with() {
+    // brig raises its own soft limit (hundreds of services need more than 1024 descriptors);
+    // a service must not inherit that, select(2) users break above 1024.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one struct that lives for the call.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    let run = boot(
+        "nofile",
+        "",
+        &[("probe", &probe("0.2", "echo nofile=$(ulimit -n); kill -USR2 1"))],
+        Duration::from_secs(20),
+    );
+    run.assert_has(&format!("]: nofile={}", limit.rlim_cur));
+}

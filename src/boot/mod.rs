@@ -92,6 +92,7 @@ pub fn run(mode: Mode) -> ! {
         count_boot(&mut notes);
     }
     prepare_signals(pid1, kernel);
+    supervisor::spawn::raise_open_file_limit();
 
     let watchdog = if kernel { open_watchdog(&tree) } else { None };
     let rescue = opts.rescue.then(|| tree.system.boot.rescue_shell.clone());

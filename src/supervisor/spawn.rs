@@ -169,6 +169,28 @@ struct Prepared {
     cgroup_procs: Option<OwnedFd>,
 }
 
+/// The soft open-file limit brig was started with, when [`raise_open_file_limit`] raised it.
+static INHERITED_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Raises PID 1's soft open-file limit to the hard one. Every service costs PID 1 two or three
+/// descriptors (pipes, cgroup), and the kernel starts init with a soft limit of 1024, which
+/// ran out at about 630 services. Services still get the original limit (programs using
+/// select(2) break above 1024).
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft >= hard {
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            INHERITED_NOFILE.store(soft, std::sync::atomic::Ordering::Relaxed);
+            log::debug!("open-file limit raised from {soft} to {hard}");
+        }
+        Err(e) => log::warn!("setrlimit(RLIMIT_NOFILE, {hard}): {} ({e:?})", e.desc()),
+    }
+}
+
 /// The PATH given to services that do not set their own.
 pub const DEFAULT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -308,8 +330,16 @@ fn prepare(svc: &Service) -> Result<Prepared, SpawnError> {
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(40);
+    let mut rlimits = svc.rlimits.clone();
+    // Services get the open-file limit brig itself was started with, not the one it raised.
+    let inherited = INHERITED_NOFILE.load(std::sync::atomic::Ordering::Relaxed);
+    if inherited != 0 && !rlimits.iter().any(|r| r.resource == libc::RLIMIT_NOFILE as i32) {
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .unwrap_or((inherited, inherited));
+        rlimits.insert(0, Rlimit { resource: libc::RLIMIT_NOFILE as i32, soft: inherited, hard });
+    }
     Ok(Prepared {
-        rlimits: svc.rlimits.clone(),
+        rlimits,
         caps: svc.capabilities.map(|c| c.0),
         last_cap,
         no_new_privs: svc.no_new_privs,
