@@ -206,8 +206,14 @@ def module_name(path):
 
 
 def appliance_modules():
-    with open(os.path.join(APPLIANCE, "etc", "brig", "system.toml"), "rb") as f:
-        return tomllib.load(f).get("modules", [])
+    """The modules the appliance's system.toml names; none when it is missing or broken (brig
+    then boots with defaults, which is worth booting to see)."""
+    try:
+        with open(os.path.join(APPLIANCE, "etc", "brig", "system.toml"), "rb") as f:
+            modules = tomllib.load(f).get("modules", [])
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+    return modules if isinstance(modules, list) else []
 
 
 def busybox_applets():
@@ -238,6 +244,8 @@ def stage_base(root, arch, kernel, brig, modules=None):
 def stage_modules(root, kernel, names):
     src = os.path.join(kernel.tree, "lib", "modules", kernel.version)
     dst = os.path.join(root, "lib", "modules", kernel.version)
+    # Also with no module at all (an empty system.toml): depmod wants the directory.
+    os.makedirs(dst, exist_ok=True)
     for rel in module_closure(kernel, names):
         os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
         shutil.copy(os.path.join(src, rel), os.path.join(dst, rel))

@@ -225,3 +225,20 @@ fn hundred_silent_or_garbage_clients_do_not_delay_status_or_restarts() {
     b.client(&["poweroff"]);
     b.wait(LIMIT);
 }
+
+#[test]
+fn daemon_that_forks_away_and_exits_0_is_exited_with_leftovers_and_stop_removes_them() {
+    let forker = "exec = [\"/bin/sh\", \"-c\", \"sleep 1000 & echo forked; exit 0\"]\n\
+                  restart = \"on-failure\"\n";
+    let b = start("ctl-forker", "", &[("forker", forker), ("web", SLEEPER)]);
+    b.wait_for("service forker: exited with status 0", LIMIT);
+    let table = b.client(&["status", "forker"]).1;
+    assert_eq!(state(&table, "forker"), "exited");
+    assert!(row(&table, "forker").contains("1 processes left in its cgroup"), "{table}");
+    let (code, out, _) = b.client(&["stop", "forker"]);
+    assert_eq!(code, 0, "{out}");
+    let table = b.client(&["status", "forker"]).1;
+    assert!(!row(&table, "forker").contains("left in its cgroup"), "{table}");
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}

@@ -171,6 +171,13 @@ fn load_config(
     for d in &tree.diagnostics {
         log::error!("config: {d}");
     }
+    if tree.diagnostics.iter().any(|d| d.file.ends_with("system.toml")) {
+        notes.push(format!(
+            "{}/system.toml has errors: hostname, modules and every other system setting are \
+             at their defaults",
+            dir.display()
+        ));
+    }
     // A power cut between save_snapshot's two renames leaves only the previous copy, as
     // last-good.old.
     let state = Path::new(STATE_DIR);
@@ -273,6 +280,10 @@ fn bring_up_host() {
     // Userspace writes to /dev/kmsg are rate limited by default; brig is the one writer that
     // must not lose its lines before syslog runs.
     write_setting("/proc/sys/kernel/printk_devkmsg", "on\n");
+
+    // /dev/log queues only 10 datagrams by default: a service printing a burst of lines while
+    // syslogd is writing to a slow console would lose most of them.
+    write_setting("/proc/sys/net/unix/max_dgram_qlen", "512\n");
 }
 
 fn mount_api_filesystems() {

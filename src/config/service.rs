@@ -138,7 +138,7 @@ struct ServiceFile {
     restart_delay: Option<Dur>,
     restart_delay_max: Option<Dur>,
     restart_limit: Option<Spanned<u32>>,
-    restart_window: Option<Dur>,
+    restart_window: Option<Spanned<Dur>>,
     stable_after: Option<Dur>,
     #[serde(default)]
     console: bool,
@@ -245,7 +245,14 @@ fn build(
         first,
         max: raw.restart_delay_max.map_or(Duration::from_secs(30), |d| d.0).max(first),
         limit,
-        window: raw.restart_window.map_or(Duration::from_secs(60), |d| d.0),
+        window: match raw.restart_window {
+            // A zero window forgets every failure at once: the service would never give up.
+            Some(w) if w.get_ref().0 < Duration::from_secs(1) => {
+                return Err(FileError::at(w.span(), "restart_window must be at least 1s"))
+            }
+            Some(w) => w.into_inner().0,
+            None => Duration::from_secs(60),
+        },
         stable: raw.stable_after.map_or(Duration::from_secs(10), |d| d.0),
     };
     let restart = raw.restart.unwrap_or(match raw.kind {
@@ -437,6 +444,14 @@ mod tests {
         let e = parse_err(text);
         assert!(e.message.contains("bad duration"), "{e:?}");
         assert_eq!(&text[e.span.unwrap()], "\"10 sec\"");
+    }
+
+    #[test]
+    fn zero_restart_window_is_rejected_at_its_value() {
+        let text = "exec = [\"/x\"]\nrestart_delay = \"0s\"\nrestart_window = \"0s\"\n";
+        let e = parse_err(text);
+        assert!(e.message.contains("at least 1s"), "{e:?}");
+        assert_eq!(&text[e.span.unwrap()], "\"0s\"");
     }
 
     #[test]

@@ -156,8 +156,8 @@ struct SystemFile {
 #[serde(deny_unknown_fields)]
 struct WatchdogFile {
     device: String,
-    timeout: Option<Dur>,
-    interval: Option<Dur>,
+    timeout: Option<Spanned<Dur>>,
+    interval: Option<Spanned<Dur>>,
     #[serde(default)]
     magic_close: bool,
 }
@@ -184,6 +184,20 @@ struct BootFile {
     reboot_on_critical_failure: Option<bool>,
     on_fatal: Option<OnFatal>,
     rescue_shell: Option<Spanned<Vec<String>>>,
+}
+
+/// A duration that makes no sense below one second (a watchdog cannot be kicked every 0 s).
+fn at_least_a_second(
+    value: Option<Spanned<Dur>>,
+    what: &str,
+) -> Result<Option<Duration>, FileError> {
+    match value {
+        Some(v) if v.get_ref().0 < Duration::from_secs(1) => {
+            Err(FileError { span: Some(v.span()), message: format!("{what} must be at least 1s") })
+        }
+        Some(v) => Ok(Some(v.into_inner().0)),
+        None => Ok(None),
+    }
 }
 
 /// A command given as an argv array: empty, or starting with an absolute path.
@@ -224,12 +238,16 @@ pub fn parse(text: &str) -> Result<System, FileError> {
         Some(p) => Ok(PathBuf::from(p.into_inner())),
         None => Ok(default),
     };
-    let watchdog = file.watchdog.map(|w| Watchdog {
-        device: PathBuf::from(w.device),
-        timeout: w.timeout.map_or(Duration::from_secs(30), |d| d.0),
-        interval: w.interval.map(|d| d.0),
-        magic_close: w.magic_close,
-    });
+    let watchdog = match file.watchdog {
+        None => None,
+        Some(w) => Some(Watchdog {
+            device: PathBuf::from(w.device),
+            timeout: at_least_a_second(w.timeout, "watchdog timeout")?
+                .unwrap_or(Duration::from_secs(30)),
+            interval: at_least_a_second(w.interval, "watchdog interval")?,
+            magic_close: w.magic_close,
+        }),
+    };
     let storage = file.storage.map(|st| Storage {
         base: st.base.map(PathBuf::from),
         base_fstype: st.base_fstype.unwrap_or_else(|| "squashfs".into()),

@@ -140,7 +140,7 @@ impl Server {
             };
             if self.conns.len() >= MAX_CONNECTIONS {
                 self.refused += 1;
-                if self.refusal_logged.map_or(true, |t| now >= t + REFUSAL_LOG_EVERY) {
+                if self.refusal_logged.is_none_or(|t| now >= t + REFUSAL_LOG_EVERY) {
                     log::warn!(
                         "control: {MAX_CONNECTIONS} clients connected; refused {} connection(s)",
                         self.refused

@@ -207,6 +207,15 @@ impl Supervisor {
                 self.stop(i, now);
             }
             State::Waiting | State::Backoff { .. } => unit.set(State::Stopped),
+            // What a finished service left running (a daemon that forked away) goes too.
+            State::Exited | State::Done => {
+                if let Some(group) = unit.group.as_ref().filter(|g| g.populated()) {
+                    log::info!("service {}: stopping the processes it left", unit.name());
+                    if let Err(e) = group.kill() {
+                        log::error!("service {}: {e}", unit.name());
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -280,6 +289,12 @@ impl Supervisor {
         }
         match (op, &unit.state) {
             (Op::Stop, s) if s.is_active() => None,
+            // Leftovers of a finished service are being killed: stopped once they are gone.
+            (Op::Stop, State::Exited | State::Done)
+                if unit.group.as_ref().is_some_and(|g| g.populated()) =>
+            {
+                None
+            }
             (Op::Stop, _) => ok("stopped".into()),
             (_, State::Running) => {
                 ok(format!("running (pid {})", unit.pid.map_or(0, |p| p.as_raw())))
@@ -437,6 +452,14 @@ fn describe(unit: &Unit, now: Instant) -> ServiceStatus {
         .map(|t| u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX));
     let (memory_bytes, cpu_usec) =
         unit.group.as_ref().map_or((None, None), |g| cgroup::usage(&g.dir));
+    let left = match unit.state {
+        State::Exited | State::Done => unit.group.as_ref().map_or(0, |g| g.pids().len()),
+        _ => 0,
+    };
+    let detail = match (detail, left) {
+        (d, 0) => d,
+        (_, n) => Some(format!("{n} processes left in its cgroup")),
+    };
     ServiceStatus {
         name: unit.name().to_string(),
         state: state.into(),

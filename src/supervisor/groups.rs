@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 
 use super::unit::Exit;
 use super::Supervisor;
-use crate::config::Kind;
+use crate::config::{Kind, Restart};
 
 /// How often a draining group is looked at when no child exit says so.
 pub const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -54,9 +54,12 @@ impl Supervisor {
                 exit
             }
         };
-        // A oneshot that succeeded may leave daemons it started; they stay in its group
-        // until the service is stopped.
-        let keep = unit.svc.kind == Kind::Oneshot && exit.success();
+        // A oneshot that succeeded, or a daemon that exited 0 for good (it forked into the
+        // background), may leave processes behind on purpose: they stay in its group, status
+        // shows them, and `brig stop` removes them. A daemon about to be restarted must not
+        // run beside leftovers of its previous instance.
+        let final_exit = unit.svc.kind == Kind::Oneshot || unit.svc.restart != Restart::Always;
+        let keep = exit.success() && final_exit;
         if keep || !group.populated() {
             if !keep {
                 group.remove();

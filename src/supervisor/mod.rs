@@ -517,9 +517,14 @@ impl Supervisor {
             if let Some((_, Pipe::Output, _)) = self.unregister(fd) {
                 let unit = &mut self.units[i];
                 let (name, pid) = (unit.svc.name.clone(), unit.pid.map_or(0, Pid::as_raw));
+                let mut dropped = 0;
                 unit.lines.finish(&mut |line| {
-                    crate::log::service_line(&name, pid, line);
+                    if !crate::log::service_line(&name, pid, line) {
+                        dropped += 1;
+                    }
                 });
+                unit.dropped_lines += dropped;
+                self.report_dropped(i, true);
             }
         }
     }
@@ -621,22 +626,34 @@ impl Supervisor {
     fn log_output(&mut self, i: usize, data: &[u8]) {
         let unit = &mut self.units[i];
         let (name, pid) = (unit.svc.name.clone(), unit.pid.map_or(0, Pid::as_raw));
-        let mut dropped = unit.dropped_lines;
+        let mut dropped = 0;
         unit.lines.push(data, &mut |line| {
-            if dropped > 0
-                && crate::log::service_line(
-                    &name,
-                    pid,
-                    &format!("({dropped} lines dropped: log busy)"),
-                )
-            {
-                dropped = 0;
-            }
             if !crate::log::service_line(&name, pid, line) {
                 dropped += 1;
             }
         });
-        unit.dropped_lines = dropped;
+        unit.dropped_lines += dropped;
+        self.report_dropped(i, false);
+    }
+
+    /// Says how many output lines of a service the system log lost (they are all in `brig
+    /// logs`): at most once a second while it floods, and once more when its output ends.
+    fn report_dropped(&mut self, i: usize, last: bool) {
+        let unit = &mut self.units[i];
+        let now = Instant::now();
+        let due =
+            unit.drop_reported.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if unit.dropped_lines == 0 || !(due || last) {
+            return;
+        }
+        log::warn!(
+            "service {}: {} lines of output not sent to the system log (log busy); brig logs {} has them",
+            unit.name(),
+            unit.dropped_lines,
+            unit.name()
+        );
+        unit.dropped_lines = 0;
+        unit.drop_reported = Some(now);
     }
 
     // ---- after a run ----------------------------------------------------------------------

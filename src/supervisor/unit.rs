@@ -88,6 +88,8 @@ pub struct Unit {
     pub restarts: u32,
     pub lines: LineBuffer,
     pub dropped_lines: u64,
+    /// When the last "lines dropped" warning went out.
+    pub drop_reported: Option<Instant>,
     /// Start again once the current stop completes (restart, or start during a stop).
     pub restart_requested: bool,
     /// A new definition from a reload, applied once the running instance stopped.
@@ -120,6 +122,7 @@ impl Unit {
             restarts: 0,
             lines: LineBuffer::default(),
             dropped_lines: 0,
+            drop_reported: None,
             restart_requested: false,
             replacement: None,
             removed: false,
