@@ -170,7 +170,8 @@ struct Prepared {
 }
 
 /// The soft open-file limit brig was started with, when [`raise_open_file_limit`] raised it.
-static INHERITED_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// (A OnceLock rather than an AtomicU64: 32-bit MIPS has no 64-bit atomics.)
+static INHERITED_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// Raises PID 1's soft open-file limit to the hard one. Every service costs PID 1 two or three
 /// descriptors (pipes, cgroup), and the kernel starts init with a soft limit of 1024, which
@@ -184,7 +185,7 @@ pub fn raise_open_file_limit() {
     }
     match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
         Ok(()) => {
-            INHERITED_NOFILE.store(soft, std::sync::atomic::Ordering::Relaxed);
+            let _ = INHERITED_NOFILE.set(soft);
             log::debug!("open-file limit raised from {soft} to {hard}");
         }
         Err(e) => log::warn!("setrlimit(RLIMIT_NOFILE, {hard}): {} ({e:?})", e.desc()),
@@ -332,7 +333,7 @@ fn prepare(svc: &Service) -> Result<Prepared, SpawnError> {
         .unwrap_or(40);
     let mut rlimits = svc.rlimits.clone();
     // Services get the open-file limit brig itself was started with, not the one it raised.
-    let inherited = INHERITED_NOFILE.load(std::sync::atomic::Ordering::Relaxed);
+    let inherited = INHERITED_NOFILE.get().copied().unwrap_or(0);
     if inherited != 0 && !rlimits.iter().any(|r| r.resource == libc::RLIMIT_NOFILE as i32) {
         let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .unwrap_or((inherited, inherited));
