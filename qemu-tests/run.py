@@ -139,8 +139,9 @@ def cmd_test(args):
     chosen = [sc for sc in SCENARIOS if not args.k or any(k in sc.name for k in args.k)]
     if not chosen:
         sys.exit(f"no scenario matches {args.k}")
-    need_fault = any(sc.base == "fault" for sc in chosen)
     for arch in arches:
+        need_fault = any(sc.base == "fault" and (not sc.arches or arch.name in sc.arches)
+                         for sc in chosen)
         for fault in (False, True) if need_fault else (False,):
             if not os.path.exists(brigvm.brig_binary(arch, fault)):
                 sys.exit(f"{brigvm.brig_binary(arch, fault)} missing: build brig for {arch.triple}"
