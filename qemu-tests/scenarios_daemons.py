@@ -146,20 +146,50 @@ def resolve_through(port, name, seconds):
     raise ScenarioFailed(f"no DNS answer for {name} through UDP port {port} in {seconds} s")
 
 
+def dnsmasq_files(service, probe):
+    return {
+        "/etc/brig/system.toml": DNSMASQ_SYSTEM,
+        "/var/lib/brig/images/dnsmasq": Tree(dnsmasq_image),
+        "/opt/bridge.sh": BRIDGE_SH,
+        svc("bridge"): 'exec = ["/opt/bridge.sh"]\ntype = "oneshot"\n',
+        svc("dnsmasq"): service,
+        svc("steady"): 'exec = ["/bin/sleep", "3600"]\n',
+        "/opt/dnsmasq-probe.sh": probe,
+        svc("probe"): 'exec = ["/opt/dnsmasq-probe.sh"]\ntype = "oneshot"\nconsole = true\n'
+                      'after = ["dnsmasq", "steady"]\n',
+    }
+
+
 # x86_64 and aarch64 only: the 32-bit guests have 64 MiB of RAM and the image alone is 11 MB
 # (not tried there yet).
-@scenario(hostfwd=(DNSMASQ_FORWARD,), arches=("x86_64", "aarch64"), timeout=240, files={
-    "/etc/brig/system.toml": DNSMASQ_SYSTEM,
-    "/var/lib/brig/images/dnsmasq": Tree(dnsmasq_image),
-    "/opt/bridge.sh": BRIDGE_SH,
-    svc("bridge"): 'exec = ["/opt/bridge.sh"]\ntype = "oneshot"\n',
-    svc("dnsmasq"): DNSMASQ_SERVICE,
-    svc("steady"): 'exec = ["/bin/sleep", "3600"]\n',
-    "/opt/dnsmasq-probe.sh": DNSMASQ_PROBE,
-    svc("probe"): 'exec = ["/opt/dnsmasq-probe.sh"]\ntype = "oneshot"\nconsole = true\n'
-                  'after = ["dnsmasq", "steady"]\n',
-})
+@scenario(hostfwd=(DNSMASQ_FORWARD,), arches=("x86_64", "aarch64"), timeout=240,
+          files=dnsmasq_files(DNSMASQ_SERVICE, DNSMASQ_PROBE))
 def dnsmasq_in_a_bridged_container_answers_the_host(vm):
+    check_dnsmasq(vm)
+
+
+# The same daemon with root in the container mapped to host uid 100000: it binds port 53
+# without CAP_NET_BIND_SERVICE over its network namespace (brig opens the low ports there)
+# and drops to nobody, which is host uid 165534. One architecture: the user namespace code
+# is the same on both.
+DNSMASQ_USERNS_PROBE = DNSMASQ_PROBE.replace(
+    'echo "PROBE status:"',
+    "for p in $(cat /sys/fs/cgroup/services/dnsmasq/cgroup.procs); do\n"
+    "    echo \"PROBE host $(grep '^Uid:' /proc/$p/status | tr -s '\\t' ' ')\"\n"
+    "done\n"
+    'echo "PROBE status:"')
+
+
+@scenario(hostfwd=(DNSMASQ_FORWARD,), arches=("x86_64",), timeout=240,
+          files=dnsmasq_files(DNSMASQ_SERVICE + 'uid_map = "0:100000:65536"\n',
+                              DNSMASQ_USERNS_PROBE))
+def dnsmasq_in_a_user_namespace_answers_the_host_as_an_unprivileged_uid(vm):
+    check_dnsmasq(vm)
+    expect_true("PROBE host Uid: 165534 165534 165534 165534" in vm.text,
+                "dnsmasq does not run as host uid 165534 (nobody in the container)")
+
+
+def check_dnsmasq(vm):
     for module in ("bridge", "veth"):
         vm.expect_brig(rf"module {module}: loaded", timeout=60)
     vm.expect_brig(r"service bridge: done", timeout=60)

@@ -232,6 +232,14 @@ fn bad_container_input_is_reported_and_other_services_keep_running() {
             ("noimage", &boxed("missing", "echo never", "restart = \"never\"\n")),
             ("badlimit", "exec = [\"/bin/true\"]\n[limits]\nmemory_max = \"lots\"\n"),
             ("badcap", "exec = [\"/bin/true\"]\ncapabilities = [\"CAP_FLY\"]\n"),
+            ("badmap", &format!("{}uid_map = \"0:0:10\"\n", boxed("bb", "echo never", ""))),
+            (
+                "unmapped",
+                &format!(
+                    "{}uid_map = \"0:100000:10\"\n",
+                    boxed("bb", "echo never", "user = \"www\"\n")
+                ),
+            ),
             ("good", &boxed("bb", "echo up; exec /bin/busybox sleep 1000", "")),
             ("probe", &probe("1", "kill -USR2 1")),
         ],
@@ -243,6 +251,12 @@ fn bad_container_input_is_reported_and_other_services_keep_running() {
     ));
     run.assert_has("services/badlimit.toml:3:14: \"lots\" is not a size");
     run.assert_has("services/badcap.toml:2:16: capabilities: unknown capability \"CAP_FLY\"");
+    run.assert_has("services/badmap.toml:4:1: container.uid_map: \"0:0:10\" maps onto host id 0");
+    // A name is looked up in the image at start: busybox_image has no /etc/passwd.
+    run.assert_has(&format!(
+        "service unmapped: cannot start: user \"www\" does not exist in the image's {}",
+        dir.join("images/bb/etc/passwd").display()
+    ));
     run.assert_has("good[");
     run.assert_has("]: up");
     run.assert_has("service good: stopped");
@@ -337,4 +351,63 @@ fn squashfs_image_is_mounted_read_only_under_a_writable_upper() {
     run.assert_has("]: release=squashed");
     run.assert_has("]: wrote=yes");
     run.assert_has("service sq: stopped");
+}
+
+#[test]
+fn user_namespace_maps_container_root_to_an_unprivileged_host_uid() {
+    let dir = tmp("userns");
+    let image = busybox_image(&dir, "bb");
+    std::fs::write(
+        image.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:web:/var/www:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(image.join("etc/group"), "root:x:0:\nwww:x:33:\nlogs:x:40:www\n").unwrap();
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let bb = "/bin/busybox";
+    let script = format!(
+        "echo map=$({bb} cat /proc/self/uid_map | {bb} tr -s ' ' | {bb} sed 's/^ //'); \
+         echo id=$({bb} id -u):$({bb} id -g):$({bb} id -G | {bb} tr ' ' ,):$USER:$HOME; \
+         echo rootdir=$({bb} stat -c %u /); \
+         echo upper=$(echo hi > /written && {bb} cat /written); \
+         echo hostfile=$(echo x 2>&1 > /shared/f | {bb} grep -c 'Permission denied'); \
+         echo remount=$({bb} mount -o remount,rw /proc/sys 2>&1 | {bb} grep -c 'denied'); \
+         exec {bb} sleep 1000"
+    );
+    let volume = format!(
+        "uid_map = \"0:100000:65536\"\nvolumes = [{{ target = \"/shared\", bind = \"{}\" }}]\n",
+        shared.display()
+    );
+    let root_svc = format!("{}{volume}", boxed("bb", &script, ""));
+    let www_svc = format!(
+        "{}uid_map = \"0:200000:1000\"\nnetwork = \"none\"\n",
+        boxed("bb", &script, "user = \"www\"\n")
+    );
+    // The probe runs in brig's PID namespace, as host root: it sees each container's sleep
+    // with its host uid.
+    let show = "grep -h '^Uid:' /proc/[0-9]*/status | tr -s '\\t' ' ' | \
+                grep -E ' (100000|200033) ' | sort -u | sed 's/^/hostuid /'; kill -USR2 1";
+    let run = boot(
+        "userns",
+        &dir,
+        "",
+        &[("rootbox", &root_svc), ("wwwbox", &www_svc), ("probe", &probe("1.5", show))],
+        false,
+    );
+    run.assert_has("]: map=0 100000 65536");
+    run.assert_has("]: id=0:0:0:root:/root");
+    run.assert_has("]: map=0 200000 1000");
+    // www and its supplementary group from the image's own /etc/passwd and /etc/group.
+    run.assert_has("]: id=33:33:33,40:www:/var/www");
+    run.assert_has("]: rootdir=0");
+    run.assert_has("]: upper=hi");
+    // www is not root inside either: / belongs to the container's root.
+    run.assert_has("]: sh: can't create /written: Permission denied");
+    // Root in the container is not root on the host: a host directory stays the host's.
+    run.assert_has("]: hostfile=1");
+    run.assert_has("]: remount=1");
+    run.assert_has("hostuid Uid: 100000 100000 100000 100000");
+    run.assert_has("hostuid Uid: 200033 200033 200033 200033");
+    assert!(!shared.join("f").exists());
 }

@@ -426,6 +426,79 @@ pub struct Container {
     pub volumes: Vec<Volume>,
     /// Set exactly when `network` is `bridge`.
     pub bridge: Option<BridgeNet>,
+    /// Run in a user namespace with these id maps: root inside is an unprivileged id outside.
+    pub user_namespace: Option<UserNamespace>,
+}
+
+/// One range of an id map: ids `inside .. inside + count` in the container are
+/// `host .. host + count` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub inside: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+impl IdMap {
+    /// Whether the id `inside` (as seen in the container) is mapped.
+    pub fn contains(self, inside: u32) -> bool {
+        inside >= self.inside && inside - self.inside < self.count
+    }
+
+    /// The host id of `inside`, when it is mapped.
+    pub fn host_id(self, inside: u32) -> Option<u32> {
+        self.contains(inside).then(|| self.host + (inside - self.inside))
+    }
+
+    /// The line written to /proc/PID/uid_map or gid_map.
+    pub fn proc_line(&self) -> String {
+        format!("{} {} {}\n", self.inside, self.host, self.count)
+    }
+}
+
+impl std::fmt::Display for IdMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.inside, self.host, self.count)
+    }
+}
+
+/// The id maps of a container's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserNamespace {
+    pub uid: IdMap,
+    pub gid: IdMap,
+}
+
+impl UserNamespace {
+    /// The host uid and gid of root in the container (the first mapped ids when 0 is not).
+    pub fn root_on_host(&self) -> (u32, u32) {
+        (self.uid.host_id(0).unwrap_or(self.uid.host), self.gid.host_id(0).unwrap_or(self.gid.host))
+    }
+}
+
+/// Parses `INSIDE:HOST:COUNT` for the key `field`. The host range may not hold host id 0:
+/// a container whose ids reach host root gains nothing from its user namespace.
+pub fn parse_id_map(field: &str, text: &str) -> Result<IdMap, String> {
+    let nums: Vec<Option<u32>> = text.split(':').map(|n| n.trim().parse().ok()).collect();
+    let [Some(inside), Some(host), Some(count)] = nums[..] else {
+        return Err(format!(
+            "container.{field}: {text:?} is not INSIDE:HOST:COUNT, such as \"0:100000:65536\""
+        ));
+    };
+    let fits = |start: u32| start.checked_add(count).is_some();
+    if count == 0 || !fits(inside) || !fits(host) {
+        return Err(format!(
+            "container.{field}: {text:?}: COUNT must be at least 1 and both ranges must end \
+             below 4294967295"
+        ));
+    }
+    if host == 0 {
+        return Err(format!(
+            "container.{field}: {text:?} maps onto host id 0 (root): pick a host range of \
+             unused ids, such as 100000"
+        ));
+    }
+    Ok(IdMap { inside, host, count })
 }
 
 #[derive(DeriveDeserialize)]
@@ -444,6 +517,8 @@ struct RawContainer {
     bridge: Option<String>,
     address: Option<String>,
     gateway: Option<String>,
+    uid_map: Option<String>,
+    gid_map: Option<String>,
 }
 
 /// The `[container]` table, checked as a whole (the bridge keys go together).
@@ -460,6 +535,8 @@ impl<'de> Deserialize<'de> for ContainerFile {
         let raw = RawContainer::deserialize(d)?;
         let bridge = bridge_net(raw.network, raw.bridge, raw.address, raw.gateway)
             .map_err(de::Error::custom)?;
+        let user_namespace = user_namespace(raw.uid_map.as_deref(), raw.gid_map.as_deref())
+            .map_err(de::Error::custom)?;
         Ok(ContainerFile(Container {
             image: raw.image.0,
             upper: raw.upper,
@@ -468,8 +545,27 @@ impl<'de> Deserialize<'de> for ContainerFile {
             read_only: raw.read_only,
             volumes: raw.volumes.into_iter().map(|v| v.0).collect(),
             bridge,
+            user_namespace,
         }))
     }
+}
+
+/// `uid_map` turns the user namespace on; `gid_map` defaults to the same ranges.
+fn user_namespace(uid: Option<&str>, gid: Option<&str>) -> Result<Option<UserNamespace>, String> {
+    let Some(uid) = uid else {
+        if gid.is_some() {
+            return Err(
+                "container.gid_map needs uid_map (which turns the user namespace on)".into()
+            );
+        }
+        return Ok(None);
+    };
+    let uid = parse_id_map("uid_map", uid)?;
+    let gid = match gid {
+        Some(g) => parse_id_map("gid_map", g)?,
+        None => uid,
+    };
+    Ok(Some(UserNamespace { uid, gid }))
 }
 
 /// Checks the bridge keys: all of `bridge` and `address` with `network = "bridge"`, none
@@ -629,6 +725,31 @@ mod tests {
         )
         .unwrap_err()
         .contains("container.bridge"));
+    }
+
+    #[test]
+    fn id_maps_parse_and_refuse_host_root_and_overflow() {
+        let m = parse_id_map("uid_map", "0:100000:65536").unwrap();
+        assert_eq!(m, IdMap { inside: 0, host: 100000, count: 65536 });
+        assert_eq!(m.proc_line(), "0 100000 65536\n");
+        assert_eq!(m.host_id(0), Some(100000));
+        assert_eq!(m.host_id(65535), Some(165535));
+        assert_eq!(m.host_id(65536), None);
+        assert!(parse_id_map("uid_map", "0:0:65536").unwrap_err().contains("host id 0"));
+        assert!(parse_id_map("uid_map", "0:100000").unwrap_err().contains("INSIDE:HOST:COUNT"));
+        assert!(parse_id_map("gid_map", "0:x:1").unwrap_err().contains("container.gid_map"));
+        assert!(parse_id_map("uid_map", "0:100000:0").unwrap_err().contains("at least 1"));
+        assert!(parse_id_map("uid_map", "0:4294967000:1000").unwrap_err().contains("below"));
+    }
+
+    #[test]
+    fn gid_map_defaults_to_uid_map_and_needs_it() {
+        let u = user_namespace(Some("0:200000:1000"), None).unwrap().unwrap();
+        assert_eq!(u.gid, u.uid);
+        let u = user_namespace(Some("0:200000:1000"), Some("0:300000:10")).unwrap().unwrap();
+        assert_eq!(u.gid.host, 300000);
+        assert!(user_namespace(None, Some("0:1:1")).unwrap_err().contains("needs uid_map"));
+        assert_eq!(user_namespace(None, None).unwrap(), None);
     }
 
     #[test]

@@ -147,7 +147,7 @@ struct ServiceFile {
     #[serde(default)]
     no_new_privs: bool,
     rlimits: Option<Spanned<BTreeMap<String, Scalar>>>,
-    container: Option<ContainerFile>,
+    container: Option<Spanned<ContainerFile>>,
     #[serde(default)]
     critical: bool,
 }
@@ -180,6 +180,36 @@ pub fn valid_name(name: &str) -> bool {
         && name.len() <= 64
         && !name.starts_with('.')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-@".contains(&b))
+}
+
+/// In a user namespace the service's numeric user and group (root without them) are ids of
+/// the container, so they must be mapped. Names are looked up and checked when it starts.
+fn mapped_credentials(
+    u: &super::isolation::UserNamespace,
+    user: Option<&Ident>,
+    group: Option<&Ident>,
+) -> Result<(), String> {
+    let uid = match user {
+        Some(Ident::Id(id)) => Some(*id),
+        Some(Ident::Name(_)) => None,
+        None => Some(0),
+    };
+    if let Some(uid) = uid.filter(|id| !u.uid.contains(*id)) {
+        return Err(format!(
+            "container.uid_map: {} does not map the service's uid {uid} (user = {})",
+            u.uid,
+            user.map_or("root, the default".into(), |_| uid.to_string())
+        ));
+    }
+    let gid = match (group, user) {
+        (Some(Ident::Id(id)), _) => Some(*id),
+        (None, None) => Some(0),
+        _ => None,
+    };
+    if let Some(gid) = gid.filter(|id| !u.gid.contains(*id)) {
+        return Err(format!("container.gid_map: {} does not map the service's gid {gid}", u.gid));
+    }
+    Ok(())
 }
 
 /// Decodes and checks one service file. `name` comes from the file name.
@@ -266,7 +296,18 @@ fn build(
         }
         None => Vec::new(),
     };
-    let container = raw.container.map(ContainerFile::into_container);
+    let container = match raw.container {
+        Some(c) => {
+            let span = c.span();
+            let c = c.into_inner().into_container();
+            if let Some(u) = &c.user_namespace {
+                mapped_credentials(u, raw.user.as_ref(), raw.group.as_ref())
+                    .map_err(|m| FileError::at(span, m))?;
+            }
+            Some(c)
+        }
+        None => None,
+    };
     let capabilities = match (raw.capabilities, &container) {
         (None, Some(_)) => Some(Caps::default()),
         (caps, _) => caps,
@@ -584,6 +625,33 @@ mod tests {
             "exec = [\"/x\"]\n[container]\nimage = \"w\"\nvolumes = [{ target = \"/d\" }]\n",
         );
         assert!(e.message.contains("exactly one of"), "{e:?}");
+    }
+
+    #[test]
+    fn user_namespace_must_map_the_service_ids() {
+        let s =
+            parse_ok("exec = [\"/x\"]\n[container]\nimage = \"w\"\nuid_map = \"0:100000:1000\"\n");
+        let u = s.container.unwrap().user_namespace.unwrap();
+        assert_eq!((u.uid.host, u.gid.host), (100000, 100000));
+        let e = parse_err(
+            "exec = [\"/x\"]\nuser = 5000\n[container]\nimage = \"w\"\nuid_map = \"0:100000:1000\"\n",
+        );
+        assert!(e.message.contains("does not map the service's uid 5000"), "{e:?}");
+        assert!(e.span.is_some());
+        let e = parse_err(
+            "exec = [\"/x\"]\n[container]\nimage = \"w\"\nuid_map = \"1000:100000:10\"\n",
+        );
+        assert!(e.message.contains("uid 0 (user = root, the default)"), "{e:?}");
+        let e = parse_err(
+            "exec = [\"/x\"]\nuser = 1\ngroup = 77\n[container]\nimage = \"w\"\n\
+             uid_map = \"0:100000:10\"\n",
+        );
+        assert!(
+            e.message.contains("container.gid_map: 0:100000:10 does not map the service's gid 77"),
+            "{e:?}"
+        );
+        // A name is resolved at start, in the image.
+        parse_ok("exec = [\"/x\"]\nuser = \"www\"\n[container]\nimage = \"w\"\nuid_map = \"0:100000:10\"\n");
     }
 
     #[test]

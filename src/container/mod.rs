@@ -20,6 +20,8 @@
 
 pub mod net;
 pub mod rootfs;
+pub mod userns;
+pub mod users;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -83,6 +85,27 @@ pub enum Op {
         image_fd: i32,
         target: CString,
     },
+    /// Write `content` to an existing file; `optional`: ENOENT is fine.
+    WriteFile {
+        path: CString,
+        content: Vec<u8>,
+        optional: bool,
+    },
+    Chown {
+        path: CString,
+        uid: u32,
+        gid: u32,
+    },
+    /// Fork a helper that creates a user namespace and waits to be killed (see
+    /// [`userns`]).
+    UserNsHelper,
+    /// Write one line to the helper's `uid_map` or `gid_map`.
+    IdMap {
+        file: &'static std::ffi::CStr,
+        line: CString,
+    },
+    /// Join the helper's user namespace, then kill and reap the helper.
+    JoinUserNs,
     /// An rtnetlink request: on the host's netlink socket (`host`), or on one of the
     /// container's own network namespace; `ignore`: an errno that is fine.
     Netlink {
@@ -111,6 +134,13 @@ pub struct Plan {
     /// Namespaces for clone3 (CLONE_NEW*), without CLONE_NEWCGROUP: the child enters that
     /// one itself once it is in its own cgroup, so the namespace is rooted there.
     pub clone_flags: u64,
+    /// Where the user-namespace operations start: [`enter`] runs the ops before this index,
+    /// [`enter_user_namespace`] the rest, after the resource limits (which a process in a
+    /// user namespace could no longer raise).
+    pub user_ops_from: Option<usize>,
+    /// The image directory, whose /etc/passwd and /etc/group name the service's user and
+    /// group; None for a squashfs image (not readable before the child mounts it).
+    pub accounts: Option<PathBuf>,
 }
 
 /// Why a container cannot be prepared: the operation, the path and the errno.
@@ -158,6 +188,12 @@ pub fn prepare(svc: &Service, paths: &Paths) -> Result<Option<Plan>, PrepareErro
             let upper = dir.join("upper");
             let work = dir.join("work");
             std::fs::create_dir_all(&upper).map_err(io_err("mkdir", &upper))?;
+            if let Some(u) = &c.user_namespace {
+                // The upper's root is the container's /: root inside owns it.
+                let (uid, gid) = u.root_on_host();
+                std::os::unix::fs::lchown(&upper, Some(uid), Some(gid))
+                    .map_err(io_err("chown", &upper))?;
+            }
             // A workdir left by a crash or power cut can make the overlay mount fail: it only
             // ever holds overlayfs's scratch files, so start it empty.
             match std::fs::remove_dir_all(&work) {
@@ -175,6 +211,9 @@ pub fn prepare(svc: &Service, paths: &Paths) -> Result<Option<Plan>, PrepareErro
         None => rootfs::Lower::Dir(&image),
     };
     let mut plan = rootfs::plan(svc, c, lower, &run, layer);
+    if image_fd.is_none() {
+        plan.accounts = Some(image.clone());
+    }
     plan.image_fd = image_fd;
     if let Some(b) = &c.bridge {
         let (fds, ops) = net::prepare(&svc.name, b)?;
@@ -242,10 +281,34 @@ pub fn enter(plan: &Plan) -> Result<Switch, (u32, Errno)> {
     ) {
         return Err((MAKE_SLAVE, e));
     }
+    let end = plan.user_ops_from.unwrap_or(plan.ops.len());
+    let mut scratch = Scratch::default();
+    run_ops(plan, 0..end, &mut scratch)
+}
+
+/// Runs the user-namespace operations of the plan, if any, in the child after [`enter`].
+pub fn enter_user_namespace(plan: &Plan) -> Result<(), (u32, Errno)> {
+    let Some(from) = plan.user_ops_from else { return Ok(()) };
+    run_ops(plan, from..plan.ops.len(), &mut Scratch::default()).map(|_| ())
+}
+
+/// State carried from one operation to the next in the child.
+#[derive(Default)]
+struct Scratch {
+    own_netlink: Option<i32>,
+    /// The helper holding the new user namespace.
+    helper: Option<libc::pid_t>,
+}
+
+fn run_ops(
+    plan: &Plan,
+    range: std::ops::Range<usize>,
+    scratch: &mut Scratch,
+) -> Result<Switch, (u32, Errno)> {
     let mut switch = Switch::PivotRoot;
-    let mut own_netlink = None;
-    for (i, op) in plan.ops.iter().enumerate() {
-        match run_op(op, &mut own_netlink) {
+    for i in range {
+        let Some(op) = plan.ops.get(i) else { break };
+        match run_op(op, scratch) {
             Ok(Some(s)) => switch = s,
             Ok(None) => {}
             Err(e) => return Err((u32::try_from(i).unwrap_or(u32::MAX - 2), e)),
@@ -254,8 +317,35 @@ pub fn enter(plan: &Plan) -> Result<Switch, (u32, Errno)> {
     Ok(switch)
 }
 
-fn run_op(op: &Op, own_netlink: &mut Option<i32>) -> Result<Option<Switch>, Errno> {
+fn run_op(op: &Op, scratch: &mut Scratch) -> Result<Option<Switch>, Errno> {
+    let own_netlink = &mut scratch.own_netlink;
     match op {
+        Op::WriteFile { path, content, optional } => {
+            match userns::write_file(path.as_c_str(), content) {
+                Ok(()) => Ok(None),
+                Err(Errno::ENOENT) if *optional => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        Op::Chown { path, uid, gid } => {
+            // SAFETY: lchown takes a live C string and two integers.
+            if unsafe { libc::lchown(path.as_ptr(), *uid, *gid) } != 0 {
+                return Err(Errno::last());
+            }
+            Ok(None)
+        }
+        Op::UserNsHelper => {
+            scratch.helper = Some(userns::fork_helper()?);
+            Ok(None)
+        }
+        Op::IdMap { file, line } => {
+            let helper = scratch.helper.ok_or(Errno::ESRCH)?;
+            userns::write_id_map(helper, file, line.as_bytes()).map(|()| None)
+        }
+        Op::JoinUserNs => {
+            let helper = scratch.helper.take().ok_or(Errno::ESRCH)?;
+            userns::join(helper).map(|()| None)
+        }
         Op::Netlink { host, msg, ignore } => {
             let fd = match (*host, *own_netlink) {
                 (Some(fd), _) | (None, Some(fd)) => fd,

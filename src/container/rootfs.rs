@@ -121,6 +121,17 @@ pub fn plan(
     let mut b = Builder { plan: Plan { clone_flags: clone_flags(c.network), ..Plan::default() } };
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let root = run.join("root");
+    let userns = c.user_namespace.as_ref();
+    if userns.is_some() && c.network != Network::Host {
+        // The network namespace belongs to the host's user namespace, so root in the
+        // container has no CAP_NET_BIND_SERVICE there: let any uid bind low ports instead
+        // (a per-namespace sysctl, seen through the host's /proc before the root switch).
+        let path = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+        b.push(
+            format!("write 0 to {path}"),
+            Op::WriteFile { path: cs(path), content: b"0\n".to_vec(), optional: true },
+        );
+    }
 
     // The writable layer: a tmpfs that vanishes with the mount namespace, or the kept dirs.
     let (upper, work) = match layer {
@@ -129,6 +140,15 @@ pub fn plan(
             b.mount("", None, run, Some("tmpfs"), nosuid_nodev, Some("mode=0700".into()), false);
             b.mkdir(&run.join("upper"));
             b.mkdir(&run.join("work"));
+            if let Some(u) = userns {
+                // The upper's root is the container's /: root inside owns it.
+                let upper = run.join("upper");
+                let (uid, gid) = u.root_on_host();
+                b.push(
+                    format!("chown {} to {uid}:{gid}", upper.display()),
+                    Op::Chown { path: cpath(&upper), uid, gid },
+                );
+            }
             (run.join("upper"), run.join("work"))
         }
     };
@@ -245,6 +265,21 @@ pub fn plan(
         b.push("set loopback up".into(), Op::LoopbackUp);
     }
     b.push(format!("switch root to {}", root.display()), Op::SwitchRoot(cpath(&root)));
+    if let Some(u) = userns {
+        // Last, once every mount is made by host root: the mount and network namespaces stay
+        // owned by the host's user namespace, so root inside cannot undo them.
+        b.plan.user_ops_from = Some(b.plan.ops.len());
+        b.push("fork a helper to create the user namespace".into(), Op::UserNsHelper);
+        b.push(
+            format!("write uid_map {}", u.uid),
+            Op::IdMap { file: c"uid_map", line: cs(&u.uid.proc_line()) },
+        );
+        b.push(
+            format!("write gid_map {}", u.gid),
+            Op::IdMap { file: c"gid_map", line: cs(&u.gid.proc_line()) },
+        );
+        b.push("join the user namespace".into(), Op::JoinUserNs);
+    }
     b.plan
 }
 
@@ -329,5 +364,35 @@ mod tests {
         );
         assert_ne!(p.clone_flags & libc::CLONE_NEWNET as u64, 0);
         assert_eq!(p.ops.len(), p.labels.len());
+        assert_eq!(p.user_ops_from, None);
+        assert!(!p.labels.iter().any(|l| l.contains("ip_unprivileged_port_start")));
+    }
+
+    #[test]
+    fn user_namespace_comes_after_the_root_switch_and_owns_the_upper() {
+        let p = plan_for(
+            "network = \"none\"\nuid_map = \"0:100000:65536\"\ngid_map = \"0:200000:10\"\n",
+            None,
+        );
+        let from = p.user_ops_from.unwrap();
+        assert_eq!(p.labels[from - 1], "switch root to /run/brig/containers/web/root");
+        assert_eq!(
+            &p.labels[from..],
+            [
+                "fork a helper to create the user namespace",
+                "write uid_map 0:100000:65536",
+                "write gid_map 0:200000:10",
+                "join the user namespace"
+            ]
+        );
+        let Op::IdMap { line, .. } = &p.ops[from + 1] else { panic!() };
+        assert_eq!(line.to_str().unwrap(), "0 100000 65536\n");
+        let chown = position(&p, "chown /run/brig/containers/web/upper to 100000:200000");
+        assert!(chown < position(&p, "mount overlay on /run/brig/containers/web/root"));
+        assert!(position(&p, "write 0 to /proc/sys/net/ipv4/ip_unprivileged_port_start") < chown);
+        assert_eq!(p.ops.len(), p.labels.len());
+        // With the host's network there is no namespace of its own to change.
+        let p = plan_for("uid_map = \"0:100000:65536\"\n", None);
+        assert!(!p.labels.iter().any(|l| l.contains("ip_unprivileged_port_start")));
     }
 }

@@ -9,9 +9,10 @@
 //!
 //! The child is created with clone3(CLONE_INTO_CGROUP) where the kernel has it (5.7), so it
 //! runs no instruction outside its service's cgroup; on older kernels it writes itself into
-//! cgroup.procs first thing. Privileges are dropped in this order: resource limits, capability
-//! bounding set (needs CAP_SETPCAP, so while still root), groups, gid, uid, the remaining
-//! capability sets, no_new_privs, then exec.
+//! cgroup.procs first thing. Privileges are dropped in this order: the container's mounts and
+//! root switch, resource limits (which a user namespace could no longer raise), the
+//! container's user namespace, capability bounding set (needs CAP_SETPCAP, so while still
+//! root), groups, gid, uid, the remaining capability sets, no_new_privs, then exec.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -197,12 +198,13 @@ pub const DEFAULT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Forks and execs the service. Never blocks: the outcome of exec arrives on `Child::status`.
 pub fn spawn(svc: &Service, ctx: &Context) -> Result<Child, SpawnError> {
-    let mut prepared = prepare(svc)?;
-    prepared.plan = container::prepare(svc, ctx.containers).map_err(|e| SpawnError::Sys {
+    let plan = container::prepare(svc, ctx.containers).map_err(|e| SpawnError::Sys {
         op: e.op,
         path: e.path.display().to_string(),
         errno: e.errno,
     })?;
+    let mut prepared = prepare(svc, plan.as_ref().and_then(|p| p.accounts.as_deref()))?;
+    prepared.plan = plan;
     let cgroup_dir = match ctx.group {
         Some(g) => {
             let dir = g.dir.display().to_string();
@@ -312,18 +314,41 @@ fn clone_child(ns: u64, cgroup: Option<RawFd>) -> Result<Cloned, Errno> {
     }
 }
 
-fn prepare(svc: &Service) -> Result<Prepared, SpawnError> {
+/// `accounts`: the root whose /etc/passwd and /etc/group name the service's user and group
+/// (a container's image); None: the host's.
+fn prepare(svc: &Service, accounts: Option<&Path>) -> Result<Prepared, SpawnError> {
     let cstring = |s: &str| {
         CString::new(s).map_err(|_| SpawnError::Argument(format!("{s:?} contains a NUL byte")))
     };
     let argv = svc.exec.iter().map(|a| cstring(a)).collect::<Result<Vec<_>, _>>()?;
     let mut env = svc.env.clone();
     env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
-    let creds = credentials(svc)?;
+    let userns = svc.container.as_ref().and_then(|c| c.user_namespace);
+    let creds = match accounts {
+        Some(root) => image_credentials(svc, root)?,
+        None => credentials(svc)?,
+    };
+    // In a user namespace the ids are always set: until then the child is host root.
+    let mut creds = match (creds, userns) {
+        (None, Some(_)) => Some((Uid::from_raw(0), Gid::from_raw(0), vec![Gid::from_raw(0)])),
+        (creds, _) => creds,
+    };
+    if let (Some(u), Some(c)) = (userns, creds.as_mut()) {
+        mapped(svc, &u, c)?;
+    }
     if let Some((uid, _, _)) = &creds {
-        if let Ok(Some(user)) = User::from_uid(*uid) {
-            env.entry("HOME".into()).or_insert_with(|| user.dir.to_string_lossy().into_owned());
-            env.entry("USER".into()).or_insert(user.name);
+        let account = match accounts {
+            Some(root) => {
+                container::users::user_by_uid(root, uid.as_raw()).map(|a| (a.home, a.name))
+            }
+            None => User::from_uid(*uid)
+                .ok()
+                .flatten()
+                .map(|u| (u.dir.to_string_lossy().into_owned(), u.name)),
+        };
+        if let Some((home, name)) = account {
+            env.entry("HOME".into()).or_insert(home);
+            env.entry("USER".into()).or_insert(name);
         }
     }
     let envp = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect::<Result<_, _>>()?;
@@ -402,6 +427,79 @@ fn credentials(svc: &Service) -> Result<Option<(Uid, Gid, Vec<Gid>)>, SpawnError
     Ok(Some((uid, gid, groups)))
 }
 
+/// As [`credentials`], with names looked up in the files of the image at `root`.
+fn image_credentials(
+    svc: &Service,
+    root: &Path,
+) -> Result<Option<(Uid, Gid, Vec<Gid>)>, SpawnError> {
+    use container::users;
+    if svc.user.is_none() && svc.group.is_none() {
+        return Ok(None);
+    }
+    let missing = |what: &str, name: &str| {
+        SpawnError::Credentials(format!(
+            "{what} {name:?} does not exist in the image's {}",
+            root.join(if what == "user" { "etc/passwd" } else { "etc/group" }).display()
+        ))
+    };
+    let account = match &svc.user {
+        None => None,
+        Some(Ident::Id(id)) => Some((*id, users::user_by_uid(root, *id))),
+        Some(Ident::Name(name)) => {
+            let a = users::user_by_name(root, name).ok_or_else(|| missing("user", name))?;
+            Some((a.uid, Some(a)))
+        }
+    };
+    let gid = match &svc.group {
+        Some(Ident::Id(id)) => *id,
+        Some(Ident::Name(name)) => {
+            users::group_by_name(root, name).ok_or_else(|| missing("group", name))?
+        }
+        None => account.as_ref().and_then(|(_, a)| a.as_ref()).map_or(0, |a| a.gid),
+    };
+    let groups = match account.as_ref().and_then(|(_, a)| a.as_ref()) {
+        Some(a) => users::group_list(root, &a.name, gid),
+        None => vec![gid],
+    };
+    let uid = account.map_or(0, |(uid, _)| uid);
+    Ok(Some((
+        Uid::from_raw(uid),
+        Gid::from_raw(gid),
+        groups.into_iter().map(Gid::from_raw).collect(),
+    )))
+}
+
+/// In a user namespace every id the child sets must be mapped: the user and the group are
+/// errors, supplementary groups outside the map are left out.
+fn mapped(
+    svc: &Service,
+    u: &crate::config::isolation::UserNamespace,
+    (uid, gid, groups): &mut (Uid, Gid, Vec<Gid>),
+) -> Result<(), SpawnError> {
+    if !u.uid.contains(uid.as_raw()) {
+        return Err(SpawnError::Credentials(format!(
+            "uid {uid} of the service is outside container.uid_map {}",
+            u.uid
+        )));
+    }
+    if !u.gid.contains(gid.as_raw()) {
+        return Err(SpawnError::Credentials(format!(
+            "gid {gid} of the service is outside container.gid_map {}",
+            u.gid
+        )));
+    }
+    let before = groups.len();
+    groups.retain(|g| u.gid.contains(g.as_raw()));
+    if groups.len() != before {
+        log::debug!(
+            "service {}: supplementary groups outside gid_map {} left out",
+            svc.name,
+            u.gid
+        );
+    }
+    Ok(())
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| SpawnError::Sys {
         op: "pipe2",
@@ -468,6 +566,11 @@ fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd
         // SAFETY: setrlimit reads a struct that lives for the call.
         if unsafe { libc::setrlimit(r.resource as _, &limit) } != 0 {
             fail(status, Step::Rlimits, Errno::last(), r.resource as u32);
+        }
+    }
+    if let Some(plan) = &p.plan {
+        if let Err((index, e)) = container::enter_user_namespace(plan) {
+            fail(status, Step::Container, e, index);
         }
     }
     if let Some(keep) = p.caps {
@@ -686,6 +789,22 @@ fn shebang(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_namespace_ids_must_be_mapped_and_unmapped_groups_are_left_out() {
+        let text = "exec = [\"/x\"]\n[container]\nimage = \"w\"\nuid_map = \"0:100000:100\"\n";
+        let svc = crate::config::service::parse("w", "w.toml".into(), text).unwrap().0;
+        let u = svc.container.as_ref().unwrap().user_namespace.unwrap();
+        let mut ok =
+            (Uid::from_raw(33), Gid::from_raw(33), vec![Gid::from_raw(33), Gid::from_raw(500)]);
+        mapped(&svc, &u, &mut ok).unwrap();
+        assert_eq!(ok.2, vec![Gid::from_raw(33)]);
+        let mut far = (Uid::from_raw(102), Gid::from_raw(0), vec![]);
+        let e = mapped(&svc, &u, &mut far).unwrap_err().to_string();
+        assert_eq!(e, "uid 102 of the service is outside container.uid_map 0:100000:100");
+        let mut far = (Uid::from_raw(1), Gid::from_raw(4000), vec![]);
+        assert!(mapped(&svc, &u, &mut far).unwrap_err().to_string().contains("gid 4000"));
+    }
 
     #[test]
     fn status_round_trips_notes_and_failures() {
