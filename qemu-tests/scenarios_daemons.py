@@ -170,8 +170,7 @@ def dnsmasq_in_a_bridged_container_answers_the_host(vm):
 
 # The same daemon with root in the container mapped to host uid 100000: it binds port 53
 # without CAP_NET_BIND_SERVICE over its network namespace (brig opens the low ports there)
-# and drops to nobody, which is host uid 165534. One architecture: the user namespace code
-# is the same on both.
+# and drops to nobody, which is host uid 165534.
 DNSMASQ_USERNS_PROBE = DNSMASQ_PROBE.replace(
     'echo "PROBE status:"',
     "for p in $(cat /sys/fs/cgroup/services/dnsmasq/cgroup.procs); do\n"
@@ -180,7 +179,7 @@ DNSMASQ_USERNS_PROBE = DNSMASQ_PROBE.replace(
     'echo "PROBE status:"')
 
 
-@scenario(hostfwd=(DNSMASQ_FORWARD,), arches=("x86_64",), timeout=240,
+@scenario(hostfwd=(DNSMASQ_FORWARD,), arches=("x86_64", "aarch64"), timeout=240,
           files=dnsmasq_files(DNSMASQ_SERVICE + 'uid_map = "0:100000:65536"\n',
                               DNSMASQ_USERNS_PROBE))
 def dnsmasq_in_a_user_namespace_answers_the_host_as_an_unprivileged_uid(vm):

@@ -123,29 +123,7 @@ fn check(root: Option<&Path>, config_dir: Option<&Path>) -> i32 {
     if let Some(root) = root {
         let paths = crate::container::Paths::from_system(&tree.system);
         for svc in &tree.services {
-            // A container's program lives in its image, not in the host's tree.
-            let base = match &svc.container {
-                Some(c) => {
-                    let image = crate::container::image_dir(&paths, &c.image);
-                    root.join(image.strip_prefix("/").unwrap_or(&image))
-                }
-                None => root.to_path_buf(),
-            };
-            // A squashfs image cannot be looked into without mounting it.
-            if svc.container.is_some()
-                && !base.is_dir()
-                && base.with_extension("squashfs").is_file()
-            {
-                continue;
-            }
-            if let Some(why) = program_problem(&base, &svc.exec[0]) {
-                problems.push(format!(
-                    "{}: exec: {} {why} under {}",
-                    svc.file.display(),
-                    svc.exec[0],
-                    base.display()
-                ));
-            }
+            problems.extend(root_problems(root, &paths, svc).iter().map(ToString::to_string));
         }
     }
     for p in &problems {
@@ -159,6 +137,47 @@ fn check(root: Option<&Path>, config_dir: Option<&Path>) -> i32 {
         problems.len()
     );
     i32::from(!problems.is_empty())
+}
+
+/// What `brig check --root` finds wrong with `svc` in the tree at `root`: a program that cannot
+/// run, a user or group name that the tree's (or the container image's) /etc/passwd and
+/// /etc/group do not have.
+fn root_problems(
+    root: &Path,
+    paths: &crate::container::Paths,
+    svc: &config::Service,
+) -> Vec<config::Diagnostic> {
+    use crate::container::users;
+    // A container's program and accounts live in its image, not in the host's tree.
+    let base = match &svc.container {
+        Some(c) => {
+            let image = crate::container::image_dir(paths, &c.image);
+            root.join(image.strip_prefix("/").unwrap_or(&image))
+        }
+        None => root.to_path_buf(),
+    };
+    // A squashfs image cannot be looked into without mounting it.
+    if svc.container.is_some() && !base.is_dir() && base.with_extension("squashfs").is_file() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if let Some(why) = program_problem(&base, &svc.exec[0]) {
+        let message = format!("exec: {} {why} under {}", svc.exec[0], base.display());
+        out.push(config::diagnostic_at_key(&svc.file, "exec", message));
+    }
+    if let Some(config::Ident::Name(name)) = &svc.user {
+        if users::user_by_name(&base, name).is_none() {
+            let message = format!("user: {name:?} is not in {}", base.join("etc/passwd").display());
+            out.push(config::diagnostic_at_key(&svc.file, "user", message));
+        }
+    }
+    if let Some(config::Ident::Name(name)) = &svc.group {
+        if users::group_by_name(&base, name).is_none() {
+            let message = format!("group: {name:?} is not in {}", base.join("etc/group").display());
+            out.push(config::diagnostic_at_key(&svc.file, "group", message));
+        }
+    }
+    out
 }
 
 /// Why `program` (absolute, as seen from inside `root`) cannot run, if it cannot.
@@ -186,4 +205,92 @@ fn program_problem(root: &Path, program: &str) -> Option<&'static str> {
         };
     }
     Some("is a symlink loop")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn executable(root: &Path, rel: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        write(root, rel, "#!/bin/sh\n");
+        std::fs::set_permissions(root.join(rel), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn check_root_finds_missing_programs_and_accounts_in_the_tree_and_in_images() {
+        let root = std::env::temp_dir().join(format!("brig-check-root-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        executable(&root, "usr/sbin/httpd");
+        write(&root, "etc/passwd", "root:x:0:0::/root:/bin/sh\nwww:x:33:33::/:/bin/false\n");
+        write(&root, "etc/group", "root:x:0:\nwww:x:33:\n");
+        // The image has its own accounts: `dns` exists only there.
+        let image = "var/lib/brig/images/dns";
+        executable(&root, &format!("{image}/usr/sbin/dnsmasq"));
+        write(&root, &format!("{image}/etc/passwd"), "dns:x:102:65534::/:/bin/false\n");
+        write(&root, &format!("{image}/etc/group"), "nogroup:x:65534:\n");
+        let services = "etc/brig/services";
+        write(
+            &root,
+            &format!("{services}/web.toml"),
+            "exec = [\"/usr/sbin/httpd\"]\nuser = \"www\"\n",
+        );
+        write(
+            &root,
+            &format!("{services}/typo.toml"),
+            "# a comment\nexec = [\"/usr/sbin/httpdd\"]\nuser = \"ww\"\ngroup = \"wheel\"\n",
+        );
+        write(
+            &root,
+            &format!("{services}/dns.toml"),
+            "exec = [\"/usr/sbin/dnsmasq\"]\nuser = \"dns\"\ngroup = \"nogroup\"\n[container]\nimage = \"dns\"\n",
+        );
+        write(
+            &root,
+            &format!("{services}/dns2.toml"),
+            "exec = [\"/usr/sbin/dnsmasq\"]\nuser = \"www\"\n[container]\nimage = \"dns\"\n",
+        );
+        let tree = config::load(&root.join("etc/brig"));
+        let paths = crate::container::Paths::from_system(&tree.system);
+        let problems = |name: &str| -> Vec<String> {
+            let svc = tree.service(name).unwrap();
+            root_problems(&root, &paths, svc).iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(problems("web"), Vec::<String>::new());
+        assert_eq!(problems("dns"), Vec::<String>::new());
+        let typo = root.join(services).join("typo.toml");
+        assert_eq!(
+            problems("typo"),
+            vec![
+                format!(
+                    "{}:2:8: exec: /usr/sbin/httpdd does not exist under {}",
+                    typo.display(),
+                    root.display()
+                ),
+                format!(
+                    "{}:3:8: user: \"ww\" is not in {}/etc/passwd",
+                    typo.display(),
+                    root.display()
+                ),
+                format!(
+                    "{}:4:9: group: \"wheel\" is not in {}/etc/group",
+                    typo.display(),
+                    root.display()
+                ),
+            ]
+        );
+        // The host tree's www is not the image's.
+        let dns2 = problems("dns2");
+        assert_eq!(dns2.len(), 1, "{dns2:?}");
+        assert!(dns2[0]
+            .ends_with(&format!("user: \"www\" is not in {}/{image}/etc/passwd", root.display())));
+        assert_eq!(check(Some(&root), None), 1);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

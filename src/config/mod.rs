@@ -57,6 +57,17 @@ impl Diagnostic {
     }
 }
 
+/// A diagnostic about top-level `key` of a file that loaded (for checks made afterwards, such
+/// as `brig check --root`), placed at the key's value when the file still reads.
+pub fn diagnostic_at_key(file: &Path, key: &str, message: String) -> Diagnostic {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let span =
+        toml::from_str::<std::collections::BTreeMap<String, toml::Spanned<toml::Value>>>(&text)
+            .ok()
+            .and_then(|table| table.get(key).map(toml::Spanned::span));
+    Diagnostic::new(file, &text, span, message)
+}
+
 /// A service whose file exists but could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
@@ -177,6 +188,18 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diagnostics_after_loading_point_at_the_key() {
+        let dir = tempdir("at-key");
+        let file = dir.join("s.toml");
+        write(&dir, "s.toml", "description = \"x\"\n\nexec = [\"/bin/nope\"]\nuser = \"www\"\n");
+        let d = diagnostic_at_key(&file, "exec", "exec: /bin/nope does not exist".into());
+        assert_eq!(d.position, Some((3, 8)));
+        assert_eq!(diagnostic_at_key(&file, "user", String::new()).position, Some((4, 8)));
+        assert_eq!(diagnostic_at_key(&file, "group", String::new()).position, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn line_col_counts_from_one() {
