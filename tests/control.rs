@@ -56,8 +56,15 @@ fn status_shows_every_service_after_boot() {
     assert_eq!(parsed[0]["name"], "web");
     assert_eq!(parsed[0]["state"], "running");
     assert!(parsed[0]["pid"].as_i64().unwrap() > 1);
-    let (code, _, err) = b.client(&["status", "nosuch"]);
+    let (code, out, err) = b.client(&["status", "nosuch"]);
     assert_eq!(code, 1);
+    assert!(err.contains("no service named \"nosuch\""), "{err}");
+    assert_eq!(out, "");
+    // A typo among known names still shows the known ones.
+    let (code, table, err) = b.client(&["status", "web", "nosuch"]);
+    assert_eq!(code, 1);
+    assert_eq!(state(&table, "web"), "running");
+    assert!(!table.contains("setup"), "{table}");
     assert!(err.contains("no service named \"nosuch\""), "{err}");
     assert_eq!(b.client(&["poweroff"]).0, 0);
     b.wait(LIMIT);

@@ -182,16 +182,25 @@ fn exchange(mut stream: UnixStream, parsed: &Parsed) -> io::Result<i32> {
 /// Prints one response; returns the exit code it implies.
 fn show(response: &Response, json: bool) -> i32 {
     match response {
-        Response::Status { services, .. } if json => {
-            println!("{}", serde_json::to_string_pretty(services).unwrap_or_default());
-            EXIT_OK
-        }
-        Response::Status { services, notes } => {
-            for note in notes {
-                println!("! {note}");
+        Response::Status { services, notes, unknown } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(services).unwrap_or_default());
+            } else {
+                for note in notes {
+                    println!("! {note}");
+                }
+                if !services.is_empty() {
+                    print!("{}", status_table(services));
+                }
             }
-            print!("{}", status_table(services));
-            EXIT_OK
+            for name in unknown {
+                eprintln!("brig: no service named {name:?}");
+            }
+            if unknown.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            }
         }
         Response::Outcomes { outcomes } => {
             for Outcome { name, ok, message } in outcomes {

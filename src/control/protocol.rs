@@ -108,6 +108,10 @@ pub enum Response {
         /// boot on the last-known-good configuration).
         #[serde(default)]
         notes: Vec<String>,
+        /// Names asked for that brig does not know (left out when there are none, so clients
+        /// older than this field still read the common answer).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unknown: Vec<String>,
     },
     Outcomes {
         outcomes: Vec<Outcome>,

@@ -96,10 +96,10 @@ impl Supervisor {
 
     // ---- status and logs ------------------------------------------------------------------
 
+    /// The table of the services named (all without names); unknown names are listed apart,
+    /// so one typo does not hide the services that exist.
     fn status(&self, names: &[String]) -> Response {
-        if let Some(unknown) = names.iter().find(|n| !self.knows(n)) {
-            return Response::error(format!("no service named {unknown:?}"));
-        }
+        let unknown: Vec<String> = names.iter().filter(|n| !self.knows(n)).cloned().collect();
         let wanted = |n: &str| names.is_empty() || names.iter().any(|w| w == n);
         let now = Instant::now();
         let mut services: Vec<ServiceStatus> =
@@ -118,7 +118,7 @@ impl Supervisor {
             });
         }
         services.sort_by(|a, b| a.name.cmp(&b.name));
-        Response::Status { services, notes: self.notes.clone() }
+        Response::Status { services, notes: self.notes.clone(), unknown }
     }
 
     fn knows(&self, name: &str) -> bool {
