@@ -411,3 +411,30 @@ fn user_namespace_maps_container_root_to_an_unprivileged_host_uid() {
     run.assert_has("hostuid Uid: 200033 200033 200033 200033");
     assert!(!shared.join("f").exists());
 }
+
+#[test]
+fn leftovers_of_a_crashed_daemon_get_the_stop_signal_and_stop_timeout_before_sigkill() {
+    let dir = tmp("leftovers");
+    let polite = "exec = [\"/bin/sh\", \"-c\", \"(trap 'echo helper cleaned up; exit 0' TERM; \
+                  while :; do sleep 0.05; done) & sleep 0.3; exit 3\"]\nrestart = \"never\"\n";
+    let stubborn = "exec = [\"/bin/sh\", \"-c\", \"(trap '' TERM; while :; do sleep 0.05; done) & \
+                    sleep 0.3; exit 3\"]\nrestart = \"never\"\nstop_timeout = \"400ms\"\n";
+    let run = boot(
+        "leftovers",
+        &dir,
+        "",
+        &[("polite", polite), ("stubborn", stubborn), ("probe", &probe("2", "kill -USR2 1"))],
+        false,
+    );
+    run.assert_has("service polite: main process gone, sending SIGTERM to the rest of its cgroup");
+    run.assert_has("]: helper cleaned up");
+    let gone = run.log.find("service polite: main process gone").unwrap();
+    let cleaned = run.log.find("helper cleaned up").unwrap();
+    let exited = run.log.find("service polite: exited").unwrap();
+    assert!(gone < cleaned && cleaned < exited, "{}", run.log);
+    assert!(!run.has("service polite: the rest of its cgroup did not exit"), "{}", run.log);
+    run.assert_has(
+        "service stubborn: the rest of its cgroup did not exit within 400ms, sending SIGKILL",
+    );
+    run.assert_has("service stubborn: exited");
+}

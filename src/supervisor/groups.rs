@@ -66,26 +66,47 @@ impl Supervisor {
             }
             return Some(exit);
         }
-        log::debug!("service {}: main process gone, killing the rest of its cgroup", unit.name());
-        if let Err(e) = group.kill() {
-            log::error!("service {}: {e}", unit.name());
+        // Like a stop: the stop signal first, SIGKILL after stop_timeout, so helpers of a
+        // crashed daemon can still clean up.
+        let sig = unit.svc.stop_signal;
+        log::info!(
+            "service {}: main process gone, sending {sig} to the rest of its cgroup",
+            unit.name()
+        );
+        group.signal(sig);
+        if sig != Signal::SIGCONT {
+            // Stopped processes would not see the signal until continued.
+            group.signal(Signal::SIGCONT);
         }
-        unit.draining = Some(exit);
+        unit.draining = Some((exit, Some(Instant::now() + unit.svc.stop_timeout)));
         None
     }
 
-    /// Finishes the units whose group has emptied since their main process ended.
+    /// Finishes the units whose group has emptied since their main process ended, and kills
+    /// what is left once stop_timeout has passed.
     pub(super) fn settle_drained(&mut self, now: Instant) {
         for i in 0..self.units.len() {
             let unit = &mut self.units[i];
-            let Some(exit) = unit.draining else { continue };
-            if unit.group.as_ref().is_some_and(|g| g.populated()) {
+            let Some((exit, kill_at)) = unit.draining else { continue };
+            if let Some(group) = unit.group.as_ref().filter(|g| g.populated()) {
+                if kill_at.is_some_and(|at| now >= at) {
+                    log::warn!(
+                        "service {}: the rest of its cgroup did not exit within {}, sending SIGKILL",
+                        unit.name(),
+                        crate::config::duration::display(unit.svc.stop_timeout)
+                    );
+                    if let Err(e) = group.kill() {
+                        log::error!("service {}: {e}", unit.name());
+                    }
+                    unit.draining = Some((exit, None));
+                }
                 continue;
             }
             unit.draining = None;
             if let Some(g) = &unit.group {
                 g.remove();
             }
+            self.drain(i, None);
             self.after_run(i, exit, now);
         }
     }
@@ -164,12 +185,18 @@ mod tests {
         let (mut s, dir) = sup_with_group("drain", "oom_kill 1\n", true);
         // cgroup.kill is a plain file here: the write succeeds, nothing dies.
         std::fs::write(dir.join("cgroup.kill"), "").unwrap();
+        let start = Instant::now();
         assert_eq!(s.group_exit(0, Exit::Code(1)), None);
         assert!(s.draining());
+        // The leftovers get the stop signal and stop_timeout (10 s) before SIGKILL.
+        s.settle_drained(start + Duration::from_secs(9));
+        assert_eq!(std::fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "");
+        s.settle_drained(start + Duration::from_secs(11));
         assert_eq!(std::fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
+        assert!(s.draining());
         std::fs::write(dir.join("cgroup.events"), "populated 0\n").unwrap();
         s.units[0].set(State::Running);
-        s.settle_drained(std::time::Instant::now());
+        s.settle_drained(start + Duration::from_secs(12));
         assert!(!s.draining());
         assert_eq!(s.units[0].last_exit, Some(Exit::Code(1)));
         let _ = std::fs::remove_dir_all(dir);

@@ -54,8 +54,8 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
-#[derive(Clone, Copy)]
-enum Pipe {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pipe {
     Output,
     Status,
 }
@@ -376,6 +376,7 @@ impl Supervisor {
         match spawn::spawn(&unit.svc, &ctx) {
             Ok(child) => {
                 unit.pid = Some(child.pid);
+                unit.output_pid = child.pid.as_raw();
                 unit.labels = child.labels;
                 unit.set(State::Starting);
                 self.register(i, Pipe::Status, child.status);
@@ -488,15 +489,21 @@ impl Supervisor {
             log::debug!("reaped pid {pid} ({exit:?})");
             return;
         };
-        // The status pipe and the output are complete now that the process is gone.
-        self.drain(i);
+        // The status pipe is complete now that the process is gone; the output too, unless
+        // processes it left behind still hold the pipe.
+        self.drain(i, Some(Pipe::Status));
         let unit = &mut self.units[i];
         unit.pid = None;
         let exit = match unit.exec_error {
             Some((step, errno)) => Exit::Setup(step, errno),
             None => exit,
         };
-        let Some(exit) = self.group_exit(i, exit) else { return };
+        let Some(exit) = self.group_exit(i, exit) else {
+            // Still logged while the rest of the group gets its stop signal; closed once the
+            // group is empty (settle_drained).
+            return;
+        };
+        self.drain(i, None);
         self.units[i].last_exit = Some(exit);
         self.after_run(i, exit, now);
         // What the main process of a daemon left behind in its process group goes with it, so
@@ -508,15 +515,20 @@ impl Supervisor {
         }
     }
 
-    /// Reads whatever the pipes of unit `i` still hold and closes them.
-    fn drain(&mut self, i: usize) {
-        let fds: Vec<RawFd> =
-            self.pipes.iter().filter(|(_, (u, _, _))| *u == i).map(|(fd, _)| *fd).collect();
+    /// Reads whatever the pipes of unit `i` (only those of kind `only`, if given) still hold
+    /// and closes them.
+    pub(super) fn drain(&mut self, i: usize, only: Option<Pipe>) {
+        let fds: Vec<RawFd> = self
+            .pipes
+            .iter()
+            .filter(|(_, (u, kind, _))| *u == i && only.is_none_or(|o| o == *kind))
+            .map(|(fd, _)| *fd)
+            .collect();
         for fd in fds {
             self.read_pipe(fd);
             if let Some((_, Pipe::Output, _)) = self.unregister(fd) {
                 let unit = &mut self.units[i];
-                let (name, pid) = (unit.svc.name.clone(), unit.pid.map_or(0, Pid::as_raw));
+                let (name, pid) = (unit.svc.name.clone(), unit.output_pid);
                 let mut dropped = 0;
                 unit.lines.finish(&mut |line| {
                     if !crate::log::service_line(&name, pid, line) {
@@ -625,7 +637,7 @@ impl Supervisor {
 
     fn log_output(&mut self, i: usize, data: &[u8]) {
         let unit = &mut self.units[i];
-        let (name, pid) = (unit.svc.name.clone(), unit.pid.map_or(0, Pid::as_raw));
+        let (name, pid) = (unit.svc.name.clone(), unit.output_pid);
         let mut dropped = 0;
         unit.lines.push(data, &mut |line| {
             if !crate::log::service_line(&name, pid, line) {

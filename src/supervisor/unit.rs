@@ -101,7 +101,12 @@ pub struct Unit {
     /// memory.events oom_kill when the current run started.
     pub oom_kills: u64,
     /// The main process ended with this; waiting for the rest of the cgroup to go.
-    pub draining: Option<Exit>,
+    /// The main process ended with this exit and the rest of the group was sent the stop
+    /// signal; SIGKILL follows at the instant, if they are still there.
+    pub draining: Option<(Exit, Option<Instant>)>,
+    /// The pid that tags output lines: the main process, also after it ended while what it
+    /// left behind still writes.
+    pub output_pid: i32,
     /// Labels of the container setup steps of the current run.
     pub labels: Vec<String>,
 }
@@ -129,6 +134,7 @@ impl Unit {
             group: None,
             oom_kills: 0,
             draining: None,
+            output_pid: 0,
             labels: Vec::new(),
         }
     }
