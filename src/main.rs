@@ -10,6 +10,7 @@ mod config;
 mod container;
 mod control;
 mod log;
+mod seccomp;
 mod shutdown;
 mod storage;
 mod supervisor;

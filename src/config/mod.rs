@@ -8,6 +8,7 @@
 pub mod duration;
 mod graph;
 pub mod isolation;
+pub mod seccomp;
 pub mod service;
 pub mod system;
 

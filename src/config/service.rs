@@ -19,6 +19,7 @@ use toml::Spanned;
 use super::duration::Dur;
 use super::isolation::{decode_rlimits, Caps, ContainerFile, LimitsFile, Rlimit, Scalar};
 use super::isolation::{Container, Limits};
+use super::seccomp::Seccomp;
 
 /// How a service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, DeriveDeserialize)]
@@ -85,8 +86,11 @@ pub struct Service {
     /// Capabilities kept (bounding, permitted, effective, inheritable, ambient); None: leave
     /// them as they are (root keeps all), except in a container, which keeps none.
     pub capabilities: Option<Caps>,
+    /// Set by the file, or implied by `[seccomp]`.
     pub no_new_privs: bool,
     pub rlimits: Vec<Rlimit>,
+    /// The system call filter installed right before exec, when set.
+    pub seccomp: Option<Seccomp>,
     /// Run in its own namespaces over an image, when set.
     pub container: Option<Container>,
     /// The boot is good only once this service is up; its failure for good reboots.
@@ -147,6 +151,7 @@ struct ServiceFile {
     #[serde(default)]
     no_new_privs: bool,
     rlimits: Option<Spanned<BTreeMap<String, Scalar>>>,
+    seccomp: Option<Spanned<BTreeMap<String, Scalar>>>,
     container: Option<Spanned<ContainerFile>>,
     #[serde(default)]
     critical: bool,
@@ -296,6 +301,13 @@ fn build(
         }
         None => Vec::new(),
     };
+    let seccomp = match raw.seccomp {
+        Some(table) => {
+            let span = table.span();
+            Some(super::seccomp::decode(table.into_inner(), span)?)
+        }
+        None => None,
+    };
     let container = match raw.container {
         Some(c) => {
             let span = c.span();
@@ -331,8 +343,10 @@ fn build(
         console: raw.console,
         limits: raw.limits.map(LimitsFile::into_limits).unwrap_or_default(),
         capabilities,
-        no_new_privs: raw.no_new_privs,
+        // The kernel installs a seccomp filter only under no_new_privs (or for CAP_SYS_ADMIN).
+        no_new_privs: raw.no_new_privs || seccomp.is_some(),
         rlimits,
+        seccomp,
         container,
         critical: raw.critical,
     };

@@ -481,5 +481,6 @@ fn describe_exit(exit: Exit) -> String {
         Exit::Setup(None, errno) => format!("setup failed ({errno:?})"),
         Exit::Spawn => "could not be started".into(),
         Exit::Oom => "killed by OOM".into(),
+        Exit::Seccomp => "signal SIGSYS (seccomp)".into(),
     }
 }

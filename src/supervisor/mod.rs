@@ -496,7 +496,7 @@ impl Supervisor {
         unit.pid = None;
         let exit = match unit.exec_error {
             Some((step, errno)) => Exit::Setup(step, errno),
-            None => exit,
+            None => unit.name_exit(exit),
         };
         let Some(exit) = self.group_exit(i, exit) else {
             // Still logged while the rest of the group gets its stop signal; closed once the

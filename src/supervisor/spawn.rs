@@ -12,7 +12,8 @@
 //! cgroup.procs first thing. Privileges are dropped in this order: the container's mounts and
 //! root switch, resource limits (which a user namespace could no longer raise), the
 //! container's user namespace, capability bounding set (needs CAP_SETPCAP, so while still
-//! root), groups, gid, uid, the remaining capability sets, no_new_privs, then exec.
+//! root), groups, gid, uid, the remaining capability sets, no_new_privs, chdir,
+//! then the seccomp filter, the very last step before exec.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -46,6 +47,7 @@ pub enum Step {
     CapBound = 11,
     Caps = 12,
     NoNewPrivs = 13,
+    Seccomp = 14,
     /// Not a failure: the container root was switched with pivot_root.
     PivotRoot = 20,
     /// Not a failure: pivot_root was impossible (initramfs root); move-mount + chroot used.
@@ -66,6 +68,7 @@ const STEPS: &[Step] = &[
     Step::CapBound,
     Step::Caps,
     Step::NoNewPrivs,
+    Step::Seccomp,
     Step::PivotRoot,
     Step::MoveChroot,
 ];
@@ -90,6 +93,7 @@ impl Step {
             Step::CapBound => "drop capabilities from the bounding set",
             Step::Caps => "set capabilities",
             Step::NoNewPrivs => "set no_new_privs",
+            Step::Seccomp => "install the seccomp filter",
             Step::PivotRoot => "pivot_root",
             Step::MoveChroot => "move-mount + chroot",
         }
@@ -165,6 +169,8 @@ struct Prepared {
     /// The highest capability number this kernel knows.
     last_cap: u32,
     no_new_privs: bool,
+    /// Compiled here, so the child only calls seccomp(2).
+    seccomp: Option<crate::seccomp::Program>,
     plan: Option<Plan>,
     /// cgroup.procs of the service's group, for kernels without CLONE_INTO_CGROUP.
     cgroup_procs: Option<OwnedFd>,
@@ -364,8 +370,15 @@ fn prepare(svc: &Service, accounts: Option<&Path>) -> Result<Prepared, SpawnErro
             .unwrap_or((inherited, inherited));
         rlimits.insert(0, Rlimit { resource: libc::RLIMIT_NOFILE as i32, soft: inherited, hard });
     }
+    let seccomp = match &svc.seccomp {
+        Some(filter) => Some(
+            filter.compile().map_err(|e| SpawnError::Argument(format!("seccomp filter: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(Prepared {
         rlimits,
+        seccomp,
         caps: svc.capabilities.map(|c| c.0),
         last_cap,
         no_new_privs: svc.no_new_privs,
@@ -609,6 +622,13 @@ fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd
         fail(status, Step::Workdir, e, 0);
     }
     close_inherited_descriptors();
+    // Last, so the filter never sees brig's own setup; an allow list includes what is left:
+    // execve, and write + exit_group for a failed exec (seccomp::IMPLICIT_ALLOW).
+    if let Some(filter) = &p.seccomp {
+        if let Err(e) = filter.install() {
+            fail(status, Step::Seccomp, e, 0);
+        }
+    }
     let e = match nix::unistd::execve(&p.path, &p.argv, &p.envp) {
         Err(e) => e,
         Ok(never) => match never {},

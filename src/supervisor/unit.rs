@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use super::spawn::Step;
 use crate::config::{duration, Kind, Restart, Service};
 use crate::log::LineBuffer;
+use crate::seccomp::Action;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -56,6 +57,9 @@ pub enum Exit {
     Spawn,
     /// SIGKILLed by the kernel's OOM killer (memory.events oom_kill went up).
     Oom,
+    /// Killed with SIGSYS by its own seccomp filter (`action = "kill"`): it made a system call
+    /// the filter forbids.
+    Seccomp,
 }
 
 impl Exit {
@@ -219,6 +223,16 @@ impl Unit {
         self.next_delay = self.svc.backoff.first;
     }
 
+    /// Names the cause of an exit where brig knows it: SECCOMP_RET_KILL_PROCESS ends a process
+    /// as if by SIGSYS, so a SIGSYS death under a filter that kills is the filter's doing.
+    pub fn name_exit(&self, exit: Exit) -> Exit {
+        let kills = self.svc.seccomp.as_ref().is_some_and(|f| f.action == Action::Kill);
+        match exit {
+            Exit::Signal(Signal::SIGSYS) if kills => Exit::Seccomp,
+            other => other,
+        }
+    }
+
     /// One-line description of how the last run ended.
     pub fn describe_exit(&self, exit: Exit) -> String {
         match exit {
@@ -230,6 +244,7 @@ impl Unit {
             }
             Exit::Spawn => "could not be started".into(),
             Exit::Oom => "killed by OOM (memory.max reached)".into(),
+            Exit::Seccomp => "killed by SIGSYS (seccomp: a system call its filter forbids)".into(),
         }
     }
 
@@ -329,6 +344,23 @@ mod tests {
         let mut u = unit("restart = \"on-failure\"\n");
         let next = u.after_exit(Exit::Setup(Some(Step::Exec), Errno::ENOENT), Instant::now());
         assert!(matches!(next, Next::Restart { failure: 1, .. }));
+    }
+
+    #[test]
+    fn sigsys_under_a_killing_filter_is_named_and_restarted_as_usual() {
+        let mut u = unit("[seccomp]\ndeny = [\"mount\"]\naction = \"kill\"\n");
+        let exit = u.name_exit(Exit::Signal(Signal::SIGSYS));
+        assert_eq!(exit, Exit::Seccomp);
+        assert_eq!(
+            u.describe_exit(exit),
+            "killed by SIGSYS (seccomp: a system call its filter forbids)"
+        );
+        assert!(matches!(u.after_exit(exit, Instant::now()), Next::Restart { failure: 1, .. }));
+        assert_eq!(u.name_exit(Exit::Signal(Signal::SIGSEGV)), Exit::Signal(Signal::SIGSEGV));
+        // Without a killing filter a SIGSYS came from elsewhere (kill(1), the program's own
+        // filter): it stays a plain signal.
+        let u = unit("[seccomp]\ndeny = [\"mount\"]\n");
+        assert_eq!(u.name_exit(Exit::Signal(Signal::SIGSYS)), Exit::Signal(Signal::SIGSYS));
     }
 
     #[test]

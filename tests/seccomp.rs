@@ -1,0 +1,83 @@
+//! Privileged tests of `[seccomp]`: brig as PID 1 of throwaway namespaces runs services under
+//! deny and allow filters, with the errno and the kill action, and reports what happened.
+
+// Test code: a failed step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// seccomp filters exist only where seccompiler has a backend.
+#![cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+
+mod common;
+
+use std::time::Duration;
+
+use common::start;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn seccomp_denied_call_fails_with_eperm_while_the_service_keeps_running() {
+    // The shell and the mkdir it forks both run under the filter, which exec does not lift.
+    let denied = "exec = [\"/bin/sh\", \"-c\", \"mkdir /tmp/seccomp-denied; \
+                  echo mkdir-exit=$?; exec sleep 1000\"]\n\
+                  [seccomp]\ndeny = [\"mkdir\", \"mkdirat\"]\n";
+    let b = start("seccomp-deny", "", &[("denied", denied)]);
+    b.wait_for("]: mkdir-exit=1", LIMIT);
+    let log = b.log();
+    assert!(log.contains("Operation not permitted"), "{log}");
+    assert!(log.contains("service denied: running"), "{log}");
+    let (code, table, _) = b.client(&["status", "denied"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("running"), "{table}");
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}
+
+#[test]
+fn seccomp_kill_is_reported_as_sigsys_and_the_restart_policy_applies() {
+    let killed = "exec = [\"/bin/mkdir\", \"/tmp/seccomp-killed\"]\nrestart_delay = \"100ms\"\n\
+                  restart_limit = 2\n[seccomp]\ndeny = [\"mkdir\", \"mkdirat\"]\naction = \"kill\"\n";
+    let b = start("seccomp-kill", "", &[("killed", killed)]);
+    b.wait_for("service killed: failed: 2 failures", LIMIT);
+    let log = b.log();
+    assert_eq!(
+        log.matches("service killed: killed by SIGSYS (seccomp: a system call its filter forbids)")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("service killed: restarting in 100 ms"), "{log}");
+    let (code, table, _) = b.client(&["status", "killed"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("signal SIGSYS (seccomp)"), "{table}");
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}
+
+/// What a static glibc BusyBox (Debian's busybox-static) calls to print a line, besides the
+/// `write` and `exit_group` brig adds to every allow list.
+#[cfg(target_arch = "x86_64")]
+const BUSYBOX_ECHO: &str = "\"brk\", \"arch_prctl\", \"set_tid_address\", \"set_robust_list\", \
+     \"rseq\", \"prlimit64\", \"readlink\", \"getrandom\", \"mprotect\", \"prctl\", \"getuid\"";
+#[cfg(target_arch = "aarch64")]
+const BUSYBOX_ECHO: &str = "\"brk\", \"set_tid_address\", \"set_robust_list\", \"rseq\", \
+     \"prlimit64\", \"readlinkat\", \"getrandom\", \"mprotect\", \"prctl\", \"getuid\"";
+
+#[test]
+fn seccomp_allow_list_runs_a_program_that_needs_only_what_it_lists() {
+    // action = "kill": any call missing from the list would end the program before it prints.
+    let allowed = format!(
+        "exec = [\"/bin/busybox\", \"echo\", \"allowed-ran\"]\ntype = \"oneshot\"\n\
+         [seccomp]\nallow = [{BUSYBOX_ECHO}]\naction = \"kill\"\n"
+    );
+    // And one call too few: mkdir is not on the list, so busybox is killed at it.
+    let short = format!(
+        "exec = [\"/bin/busybox\", \"mkdir\", \"/tmp/seccomp-short\"]\ntype = \"oneshot\"\n\
+         [seccomp]\nallow = [{BUSYBOX_ECHO}]\naction = \"kill\"\n"
+    );
+    let b = start("seccomp-allow", "", &[("allowed", &allowed), ("short", &short)]);
+    b.wait_for("service allowed: done", LIMIT);
+    b.wait_for("service short: killed by SIGSYS (seccomp", LIMIT);
+    assert!(b.log().contains("]: allowed-ran"), "{}", b.log());
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}
