@@ -17,7 +17,8 @@ pub const SUPPORTED: bool =
 /// How the listed system calls are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Only the listed calls (and [`IMPLICIT_ALLOW`]) run; every other one gets the action.
+    /// Only the listed calls (and brig's own `execve`, `write` and `exit_group`) run; every
+    /// other one gets the action.
     Allow,
     /// The listed calls get the action; every other one runs.
     Deny,
@@ -32,10 +33,6 @@ pub enum Action {
     Kill,
 }
 
-/// The system calls brig itself makes after installing an allow-list filter: execve to reach
-/// the program, and write + exit_group to report a failed exec through the status pipe.
-pub const IMPLICIT_ALLOW: &[&str] = &["execve", "write", "exit_group"];
-
 pub use imp::{compile, syscall_number, Program};
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"))]
@@ -45,7 +42,12 @@ mod imp {
     use nix::errno::Errno;
     use seccompiler::{sock_filter, BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
-    use super::{Action, Mode, IMPLICIT_ALLOW};
+    use super::{Action, Mode};
+
+    /// The system calls brig itself makes after installing an allow-list filter: execve to
+    /// reach the program, and write + exit_group to report a failed exec through the status
+    /// pipe.
+    pub const IMPLICIT_ALLOW: &[&str] = &["execve", "write", "exit_group"];
 
     /// A compiled filter, ready for seccomp(2).
     #[derive(Debug)]

@@ -623,7 +623,7 @@ fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd
     }
     close_inherited_descriptors();
     // Last, so the filter never sees brig's own setup; an allow list includes what is left:
-    // execve, and write + exit_group for a failed exec (seccomp::IMPLICIT_ALLOW).
+    // execve, and write + exit_group for a failed exec (IMPLICIT_ALLOW in src/seccomp.rs).
     if let Some(filter) = &p.seccomp {
         if let Err(e) = filter.install() {
             fail(status, Step::Seccomp, e, 0);
