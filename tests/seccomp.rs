@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::start;
+use common::{start, start_in};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -82,6 +82,38 @@ fn seccomp_allow_list_runs_a_program_that_needs_only_what_it_lists() {
     b.wait_for("service allowed: done", LIMIT);
     b.wait_for("service short: killed by SIGSYS (seccomp", LIMIT);
     assert!(b.log().contains("]: allowed-ran"), "{}", b.log());
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}
+
+#[test]
+fn seccomp_filter_holds_inside_a_container_that_could_otherwise_make_the_call() {
+    // CAP_SYS_ADMIN lets the container rename its own UTS namespace; the filter answers EACCES,
+    // which no capability check gives, so the error is the filter's.
+    let dir = common::scratch("seccomp-container");
+    let image = dir.join("images/bb");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(image.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", image.join("bin/busybox")).expect("busybox-static installed");
+    let script = "/bin/busybox hostname renamed; echo rc=$? host=$(/bin/busybox hostname); \
+                  exec /bin/busybox sleep 1000";
+    let boxed = format!(
+        "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"{script}\"]\n\
+         capabilities = [\"CAP_SYS_ADMIN\"]\nstop_timeout = \"500ms\"\n\
+         [seccomp]\ndeny = [\"sethostname\"]\nerrno = \"EACCES\"\n\
+         [container]\nimage = \"bb\"\nhostname = \"boxy\"\nnetwork = \"none\"\n"
+    );
+    let system = format!(
+        "image_store = \"{}\"\ncontainer_state = \"{}\"\n",
+        dir.join("images").display(),
+        dir.join("state").display()
+    );
+    let b =
+        start_in("seccomp-container", &dir.join("config"), &system, &[("boxed", &boxed)], false);
+    b.wait_for("]: rc=1 host=boxy", LIMIT);
+    let log = b.log();
+    assert!(log.contains("hostname: sethostname: Permission denied"), "{log}");
     b.client(&["poweroff"]);
     b.wait(LIMIT);
 }
