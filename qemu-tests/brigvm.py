@@ -478,6 +478,11 @@ class Vm:
                     raise ScenarioFailed(f"{why} before /{pattern}/ appeared")
                 self._cond.wait(min(left, 0.5))
 
+    def expect_line(self, pattern, timeout=30):
+        """Like expect, but only once the matching line is complete: a pattern that captures a
+        value (`lkg=(\\S*)`) would otherwise match half a line that is still arriving."""
+        return self.expect(pattern + r"[^\n]*?(?=\r?\n)", timeout)
+
     def expect_brig(self, message, timeout=30):
         """Wait for a brig log line, whether it came via /dev/kmsg or syslogd."""
         return self.expect(brig_line(message), timeout)

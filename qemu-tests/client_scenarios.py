@@ -94,14 +94,14 @@ def client_status_table_stop_start_restart_and_logs_round_trip(vm):
     pid1 = st1["sleeper"][1]
 
     expect_true(rc(vm, "stop") == 0, "brig stop sleeper failed")
-    m = vm.expect(r"(?m)^ST2 sleeper +(\S+) +(\S+)", 10)
+    m = vm.expect_line(r"(?m)^ST2 sleeper +(\S+) +(\S+)", 10)
     expect_true(m.group(1) == "stopped" and m.group(2) == "-", f"after stop: {m.group(0)!r}")
     expect_true(rc(vm, "start") == 0, "brig start sleeper failed")
-    m = vm.expect(r"(?m)^ST3 sleeper +(\S+) +(\S+)", 10)
+    m = vm.expect_line(r"(?m)^ST3 sleeper +(\S+) +(\S+)", 10)
     pid2 = m.group(2)
     expect_true(m.group(1) == "running" and pid2 not in (pid1, "-"), f"after start: {m.group(0)!r}")
     expect_true(rc(vm, "restart") == 0, "brig restart sleeper failed")
-    m = vm.expect(r"(?m)^ST4 sleeper +(\S+) +(\S+)", 10)
+    m = vm.expect_line(r"(?m)^ST4 sleeper +(\S+) +(\S+)", 10)
     expect_true(m.group(1) == "running" and m.group(2) not in (pid1, pid2, "-"),
                 f"after restart (pids before: {pid1}, {pid2}): {m.group(0)!r}")
 
@@ -218,7 +218,7 @@ def hundred_silent_and_garbage_clients_delay_neither_status_nor_restarts(vm):
         m = vm.expect(r"STATUS rc=(\d+) took=([\d.]+)", 60)
         expect_true(m.group(1) == "0", f"brig status failed during the flood: {m.group(0)}")
         took.append(float(m.group(2)))
-    m = vm.expect(r"SOCKPEST connections=(\d+) refused=(\d+)", 30)
+    m = vm.expect_line(r"SOCKPEST connections=(\d+) refused=(\d+)", 30)
     vm.expect("PEST-DONE")
     made, refused = int(m.group(1)), int(m.group(2))
     expect_true(made >= 500 and refused == 0, f"pest: {made} connections, {refused} refused")

@@ -101,7 +101,7 @@ poweroff
 
 
 def boot_state(vm):
-    m = vm.expect(r"STATE boots=(\d*) since=(\d*) lkg=(\S*)", timeout=90)
+    m = vm.expect_line(r"STATE boots=(\d*) since=(\d*) lkg=(\S*)", timeout=90)
     end = vm.expect(r"PROBE-DONE", 30).start()
     status = vm.text[m.end():end]
     vm.expect("reboot: Power down", 30)
@@ -213,7 +213,7 @@ def power_cuts_while_writing_never_corrupt_brig_state(lab):
     for n in range(1, POWER_CUTS + 1):
         vm = lab.boot(initrd=initrd, disks=(base, data))
         try:
-            m = vm.expect(r"CUTSTATE since=\[([^\]]*)\] lastgood=(\S+)", timeout=90)
+            m = vm.expect_line(r"CUTSTATE since=\[([^\]]*)\] lastgood=(\S+)", timeout=90)
         except ScenarioFailed as err:
             raise ScenarioFailed(f"boot {n} after {n - 1} power cuts: {err}") from None
         since, lastgood = m.group(1), m.group(2)

@@ -358,7 +358,7 @@ def reaping_files():
 
 @scenario(files=reaping_files(), timeout=150)
 def double_fork_orphans_and_fork_bursts_leave_no_zombies(vm):
-    m = vm.expect(r"ZOMBIES (\d+):([^\n]*)", timeout=120)
+    m = vm.expect_line(r"ZOMBIES (\d+):([^\n]*)", timeout=120)
     expect_true(m.group(1) == "0", f"zombies left: {m.group(2)}")
     done = set(re.findall(r"service (batch-\d+): done", vm.text))
     expect_true(len(done) == 40, f"{len(done)} of 40 batch services reported done")
@@ -388,7 +388,7 @@ def killing_main_process_takes_its_children_along(vm):
     vm.expect(r"TREE killing main \d+")
     vm.expect_brig(r"service tree: killed by signal SIGKILL")
     vm.expect_brig(r"service tree: running \(pid \d+\)")
-    m = vm.expect(r"TREE same-group=(\d+) setsid=(\d+)")
+    m = vm.expect_line(r"TREE same-group=(\d+) setsid=(\d+)")
     expect_true(m.groups() == ("1", "1"), f"copies of tree's children after the restart: "
                                           f"{m.group(1)} in its group, {m.group(2)} setsid")
 
@@ -513,7 +513,7 @@ poweroff
                   'after = ["flood", "ticker"]\n',
 })
 def output_flood_is_dropped_and_counted_without_stalling_pid1(vm):
-    m = vm.expect(r"RSS early=(\d+) late=(\d+)", timeout=60)
+    m = vm.expect_line(r"RSS early=(\d+) late=(\d+)", timeout=60)
     early, late = int(m.group(1)), int(m.group(2))
     expect_true(late - early < 1024, f"PID 1 grew from {early} to {late} kB during the flood")
     expect_true(re.search(r"service flood: \d+ lines of output not sent to the system log", vm.text),
@@ -574,7 +574,7 @@ echo "PROBE responsive pids=$(cat /sys/fs/cgroup/services/bomb/pids.current)"
 def fork_bomb_is_contained_by_pids_max(vm):
     vm.expect(r"fork rejected by pids controller in /services/bomb", timeout=60)
     vm.cursor = 0
-    m = vm.expect(r"PROBE responsive pids=(\d+)", timeout=60)
+    m = vm.expect_line(r"PROBE responsive pids=(\d+)", timeout=60)
     expect_true(int(m.group(1)) <= 32, f"pids.current {m.group(1)} above pids.max 32")
     vm.expect("reboot: Power down", timeout=40)
 
@@ -620,7 +620,7 @@ def seccomp_files(arch):
 def seccomp_filter_denies_kills_and_allows_as_configured(vm):
     # The lines of the three services interleave: each check reads the console from the top.
     vm.expect(r"denied\[\d+\]: hostname: sethostname: Operation not permitted", timeout=60)
-    m = vm.expect(r"denied\[\d+\]: hostname-exit=(\d+) now=(\S+)")
+    m = vm.expect_line(r"denied\[\d+\]: hostname-exit=(\d+) now=(\S+)")
     expect_true(m.group(1) != "0" and m.group(2) != "forbidden",
                 f"sethostname went through: {m.group(0)!r}")
     vm.cursor = 0
