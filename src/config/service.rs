@@ -235,17 +235,43 @@ pub fn synthetic(
     kind: Kind,
     console: bool,
 ) -> Result<Service, FileError> {
-    use toml::Value;
-    let mut table = toml::Table::new();
-    table.insert("exec".into(), Value::Array(exec.iter().cloned().map(Value::String).collect()));
+    // Written out as TOML and decoded like a file: decoding a `toml::Table` instead would
+    // instantiate the whole derived decoder a second time, for toml's `Value` (about 100 KiB
+    // of x86_64 code).
+    let mut text = String::from("exec = [");
+    for (i, arg) in exec.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        push_toml_string(&mut text, arg);
+    }
     let kind = match kind {
         Kind::Simple => "simple",
         Kind::Oneshot => "oneshot",
     };
-    table.insert("type".into(), Value::String(kind.into()));
-    table.insert("console".into(), Value::Boolean(console));
-    let raw: ServiceFile = table.try_into()?;
+    text.push_str(&format!("]\ntype = \"{kind}\"\nconsole = {console}\n"));
+    let raw: ServiceFile = toml::from_str(&text)?;
     build(name, PathBuf::from(format!("(built-in {name})")), raw).map(|(svc, _)| svc)
+}
+
+/// Appends `s` as a TOML basic string: quotes and backslashes escaped, control characters as
+/// `\uXXXX`, everything else as it is.
+fn push_toml_string(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn build(
