@@ -166,7 +166,8 @@ fn exchange(mut stream: UnixStream, parsed: &Parsed) -> io::Result<i32> {
     for line in BufReader::new(stream).lines() {
         let line = line?;
         got_any = true;
-        let response: Response = serde_json::from_str(&line)
+        // from_slice like PID 1's decode_request: one serde_json reader in the binary, not two.
+        let response: Response = serde_json::from_slice(line.as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad answer: {e}")))?;
         code = code.max(show(&response, parsed.json));
     }
