@@ -31,11 +31,13 @@ if (($# == 2)); then
 fi
 nightly=${BRIG_NIGHTLY:-nightly}
 
-# Both flags make every panic a trap instruction: no message, no unwinding tables, no formatting
+# Both flags make every panic a trap instruction: no message, no unwinding code, no formatting
 # machinery (about 265 KiB of the aarch64 binary). brig's code denies unwrap/expect/panic, and its
 # crash handler turns the trap into the configured fatal-error policy (src/boot/fatal.rs); what is
 # lost is the panic's message on the console.
-immediate_abort=(-Z unstable-options -C panic=immediate-abort)
+# With nothing left that unwinds, the unwind tables rustc still emits by default (.eh_frame and
+# its index, 135 KiB of the aarch64 binary) are dead weight: force-unwind-tables=no drops them.
+immediate_abort=(-Z unstable-options -C panic=immediate-abort -C force-unwind-tables=no)
 # optimize_for_size: std picks its smaller implementations (sorting, formatting, ...).
 build_std_args=(-Z "build-std=std,panic_abort" -Z "build-std-features=optimize_for_size")
 
@@ -60,6 +62,7 @@ case $target in
         # The Rust target links -lunwind; nothing in it is used (see stub_archives below).
         stubs=(unwind)
         extra_flags=()
+        drop_sections=()
         ;;
     mipsel-unknown-linux-musl)
         deb_arch=mipsel
@@ -71,6 +74,9 @@ case $target in
         # Static-PIE (the target's default) dies with SIGSEGV in musl's early self-relocation on
         # MIPS; a position-dependent static binary starts fine.
         extra_flags=(-C "target-feature=-soft-float,+fpxx" -C relocation-model=static)
+        # LLVM writes a .pdr section (MIPS procedure descriptors, 32 bytes per function) that no
+        # loader reads: not allocated, and not a debug section, so strip=true keeps it: 93 KiB.
+        drop_sections=(.pdr)
         ;;
     *)
         echo "unknown target: $target" >&2
@@ -141,6 +147,12 @@ if [[ -n ${deb_arch:-} ]]; then
     env "$env_name=${flags[*]}" cargo "+$nightly" build --release --target "$target" \
         "${build_std_args[@]}"
     build_std=true
+    if ((${#drop_sections[@]})); then
+        # rustc's own copy of llvm-objcopy, like rust-lld: no cross binutils needed.
+        host=$(rustc "+$nightly" -vV | sed -n 's/^host: //p')
+        objcopy=$(rustc "+$nightly" --print sysroot)/lib/rustlib/$host/bin/rust-objcopy
+        "$objcopy" "${drop_sections[@]/#/--remove-section=}" "target/$target/release/brig"
+    fi
 fi
 
 bin=target/$target/release/brig
