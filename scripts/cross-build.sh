@@ -61,7 +61,9 @@ case $target in
         multiarch=arm-linux-musleabihf
         # The Rust target links -lunwind; nothing in it is used (see stub_archives below).
         stubs=(unwind)
-        extra_flags=()
+        # The armv7 target generates 32-bit ARM instructions; Thumb-2 (what Debian's armhf
+        # userland and this musl use) is a third smaller for brig: 694012 -> 477700 bytes.
+        extra_flags=(-C target-feature=+thumb-mode)
         drop_sections=()
         ;;
     mipsel-unknown-linux-musl)
