@@ -62,10 +62,12 @@ impl Diagnostic {
 /// as `brig check --root`), placed at the key's value when the file still reads.
 pub fn diagnostic_at_key(file: &Path, key: &str, message: String) -> Diagnostic {
     let text = std::fs::read_to_string(file).unwrap_or_default();
-    let span =
-        toml::from_str::<std::collections::BTreeMap<String, toml::Spanned<toml::Value>>>(&text)
-            .ok()
-            .and_then(|table| table.get(key).map(toml::Spanned::span));
+    // IgnoredAny: only the span is wanted; decoding the values as `toml::Value` would bring
+    // toml's whole Value decoder into the binary for it.
+    type Keys = std::collections::BTreeMap<String, toml::Spanned<serde::de::IgnoredAny>>;
+    let span = toml::from_str::<Keys>(&text)
+        .ok()
+        .and_then(|table| table.get(key).map(toml::Spanned::span));
     Diagnostic::new(file, &text, span, message)
 }
 
