@@ -128,6 +128,11 @@ def scale(kernel, base, boots):
     for n, r in rows.items():
         lines.append(f"| {n} + victim | {r['up']:.0f} | {bench.ms(r['ready'])} | "
                      f"{r['pid1_rss']} KiB | {r['emfile']:.0f} |")
+    if brig_has_containers():
+        r = bench.run_init(kernel, base, "brigctr", 10, boots, conf=bench.SCALE, memory=1024)
+        lines.append(f"| 10 + victim, each a `[container]` (own namespaces, overlay root, "
+                     f"limits) | {r['up']:.0f} | {bench.ms(r['ready'])} | {r['pid1_rss']} KiB | "
+                     f"{r['emfile']:.0f} |")
     lines.append("")
     lines.append(f"PID 1 memory per running service: {per_service:.2f} KiB ((RSS at 1000 − RSS "
                  f"at 10) / (services up at 1000 − at 10)). Of PID 1's RSS at 10 services, "

@@ -81,6 +81,42 @@ def brig_no_delay(arch, n):
     return init
 
 
+# The same service as a container: its own mount, PID, UTS, IPC, network and cgroup namespaces
+# over an overlay root of a BusyBox image, memory and pids limits. It reaches the host's /dev/kmsg
+# and /run/up through binds (brig binds directories only).
+CTR_IMAGE = "/var/lib/bench/svc-image"
+CTR_SVC = """#!/bin/sh
+echo "<6>bench: up $1" >/hostdev/kmsg
+mkdir -p /hostrun/up
+: >/hostrun/up/$1
+exec sleep 999999
+"""
+
+
+def brig_containers(arch, n):
+    """brig with every service (and the victim) a `[container]` service."""
+    init = brig(arch, n)
+    init.name = "brig, containerized services"
+    # Loaded at boot, as an appliance with containers would: not on the first container's mount.
+    init.files["/etc/brig/system.toml"] += 'modules = ["overlay"]\n'
+    for name in service_names(n):
+        init.files[f"/etc/brig/services/{name}.toml"] = f"""exec = ["/bin/sh", "/svc.sh", "{name}"]
+
+[limits]
+memory_max = "16M"
+pids_max = 16
+
+[container]
+image = "{CTR_IMAGE}"
+volumes = [{{ target = "/hostdev", bind = "/dev" }}, {{ target = "/hostrun", bind = "/run" }}]
+"""
+    init.files[f"{CTR_IMAGE}/svc.sh"] = CTR_SVC
+    init.binaries[f"{CTR_IMAGE}/bin/busybox"] = brigvm.fetch_busybox(arch)
+    for applet in ("sh", "mkdir", "sleep"):
+        init.links[f"{CTR_IMAGE}/bin/{applet}"] = "busybox"
+    return init
+
+
 def busybox(arch, n):
     # BusyBox picks the applet from argv[0]'s basename, so PID 1 is a link named `init`.
     lines = [f"::respawn:/opt/svc.sh {name}" for name in service_names(n)]
@@ -137,7 +173,7 @@ def finit(arch, n):
 
 INITS = {"brig": brig, "busybox": busybox, "tini": tini, "s6": s6, "runit": runit, "finit": finit}
 # Variants measured among the extras, not in the side-by-side table.
-VARIANTS = {"brig0": brig_no_delay}
+VARIANTS = {"brig0": brig_no_delay, "brigctr": brig_containers}
 # Where each peer's libraries come from when the host does not have them.
 LIB_PACKAGES = ["libs6-2.11", "libskarnet2.13", "libexecline2.9", "libite5", "libuev3", "libyajl2"]
 

@@ -163,25 +163,4 @@ mod tests {
         h.good = true;
         assert_eq!(h.deadline(), None);
     }
-
-    #[test]
-    fn synthetic_services_keep_their_arguments_exactly() {
-        let argv: Vec<String> =
-            ["/bin/sh", "-c", "echo \"a\\b\" 'c'\t\u{1}\u{7f}\u{85} \u{e9}=[x]", ""]
-                .map(String::from)
-                .to_vec();
-        let svc = synthetic("rescue", &argv, Kind::Simple, true).unwrap();
-        assert_eq!(svc.exec, argv);
-        assert_eq!(svc.kind, Kind::Simple);
-        assert!(svc.console);
-        assert_eq!(svc.restart, crate::config::service::Restart::Always);
-        assert_eq!(svc.file, std::path::PathBuf::from("(built-in rescue)"));
-        let svc = synthetic("good", &argv[..1], Kind::Oneshot, false).unwrap();
-        assert_eq!((svc.exec.len(), svc.kind, svc.console), (1, Kind::Oneshot, false));
-        assert_eq!(svc.restart, crate::config::service::Restart::Never);
-        // The same checks as for a file.
-        assert!(synthetic("x", &["sh".to_string()], Kind::Simple, false).is_err());
-        assert!(synthetic("x", &[], Kind::Simple, false).is_err());
-        assert!(synthetic("x", &["/bin/a\0b".to_string()], Kind::Simple, false).is_err());
-    }
 }
