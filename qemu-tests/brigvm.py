@@ -11,7 +11,9 @@ a small overlay per scenario. The kernel unpacks them in order and later files r
 which keeps each scenario's setup to a few milliseconds.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import glob
 import os
 import re
@@ -112,28 +114,61 @@ def kernel_package(meta, pinned):
     return m.group(1) if m else pinned
 
 
+_cache_mutex = threading.RLock()
+_cache_depth = 0
+
+
+@contextlib.contextmanager
+def cache_lock():
+    """Holds the cache's lock file: two harness runs (two clones, or a developer run beside CI)
+    share the cache, and one must not see the other's half-downloaded .deb or half-unpacked
+    tree. Re-entrant within one run (an image build fetches packages while holding it)."""
+    global _cache_depth
+    with _cache_mutex:
+        if _cache_depth:
+            _cache_depth += 1
+            try:
+                yield
+            finally:
+                _cache_depth -= 1
+            return
+        os.makedirs(CACHE, exist_ok=True)
+        with open(os.path.join(CACHE, ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _cache_depth = 1
+            try:
+                yield
+            finally:
+                _cache_depth = 0
+
+
 def fetch_deb(package):
     """Path of the cached .deb of `package` (name or name:arch), downloading it when absent."""
     name, _, deb_arch = package.partition(":")
-    os.makedirs(CACHE, exist_ok=True)
     pattern = os.path.join(CACHE, f"{name}_*_{deb_arch or '*'}.deb")
-    found = sorted(glob.glob(pattern))
-    if not found:
-        run(["apt-get", "download", package], cwd=CACHE)
+    with cache_lock():
         found = sorted(glob.glob(pattern))
+        if not found:
+            run(["apt-get", "download", package], cwd=CACHE)
+            found = sorted(glob.glob(pattern))
     if not found:
         raise RuntimeError(f"apt-get download {package} left no {pattern}")
     return found[-1]
 
 
 def unpack_deb(deb):
-    """Unpack a .deb once into the cache; returns the directory."""
+    """Unpack a .deb once into the cache; returns the directory. The tree is unpacked beside
+    its final name and renamed into place, so it is either whole or absent."""
     dest = os.path.join(CACHE, "unpacked", os.path.basename(deb)[: -len(".deb")])
-    if not os.path.exists(dest + ".done"):
-        shutil.rmtree(dest, ignore_errors=True)
-        os.makedirs(dest)
-        run(["dpkg-deb", "-x", deb, dest])
-        open(dest + ".done", "w").close()
+    with cache_lock():
+        if not os.path.exists(dest + ".done"):
+            partial = dest + ".partial"
+            for stale in (dest, partial):
+                shutil.rmtree(stale, ignore_errors=True)
+            os.makedirs(partial)
+            run(["dpkg-deb", "-x", deb, partial])
+            os.rename(partial, dest)
+            open(dest + ".done", "w").close()
     return dest
 
 
@@ -150,11 +185,15 @@ def fetch_kernel(arch, watchdog=False):
     if watchdog and arch.watchdog_kernel:
         meta, pinned = arch.watchdog_kernel
     tree = unpack_deb(fetch_deb(kernel_package(meta, pinned)))
-    (vmlinuz,) = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))
+    found = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))
+    if len(found) != 1:
+        raise RuntimeError(f"{tree}/boot holds {len(found)} vmlinuz files, want 1")
+    (vmlinuz,) = found
     version = os.path.basename(vmlinuz)[len("vmlinuz-"):]
     # Debian's package ships no modules.dep; index the whole tree once to resolve dependencies.
-    if not os.path.exists(os.path.join(tree, "lib", "modules", version, "modules.dep")):
-        run(["depmod", "-b", tree, version])
+    with cache_lock():
+        if not os.path.exists(os.path.join(tree, "lib", "modules", version, "modules.dep")):
+            run(["depmod", "-b", tree, version])
     return Kernel(version, vmlinuz, tree)
 
 

@@ -124,12 +124,13 @@ def build_image(arch, dest, package, programs, files=None):
     dependency look-ups (apt-cache, readelf) take a minute on a busy machine."""
     deb = os.path.basename(brigvm.fetch_deb(f"{package}:{arch.deb_arch}"))[: -len(".deb")]
     cached = os.path.join(brigvm.CACHE, "images", deb)
-    if not os.path.exists(cached + ".done"):
-        shutil.rmtree(cached, ignore_errors=True)
-        builder = ImageBuilder(arch, cached)
-        for program in programs:
-            builder.add_program(package, program)
-        open(cached + ".done", "w").close()
+    with brigvm.cache_lock():
+        if not os.path.exists(cached + ".done"):
+            shutil.rmtree(cached, ignore_errors=True)
+            builder = ImageBuilder(arch, cached)
+            for program in programs:
+                builder.add_program(package, program)
+            open(cached + ".done", "w").close()
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(cached, dest, symlinks=True)
     for d in ("proc", "sys", "dev", "tmp", "run", "etc"):
