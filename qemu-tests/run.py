@@ -21,6 +21,7 @@ from scenarios import SCENARIOS
 # Registered into SCENARIOS on import: the client (issue 4) and the appliance host (issue 5).
 import client_scenarios  # noqa: F401,E402
 import host_scenarios  # noqa: F401,E402
+import scenarios_containers  # noqa: F401,E402
 import scenarios_daemons  # noqa: F401 - registers its scenarios in SCENARIOS
 
 

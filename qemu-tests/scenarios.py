@@ -556,6 +556,27 @@ def memory_hog_is_oom_killed_reported_as_oom_and_restarted(vm):
                 "the sibling was hit too")
 
 
+# The limit is on the services tree, not on the hog: an appliance that caps all its services
+# together. brig must still call the kill an OOM kill, and say whose limit it was.
+@scenario(arches=("x86_64", "aarch64"), files={
+    svc("cap"): 'exec = ["/bin/sh", "-c", "echo 16M > /sys/fs/cgroup/services/memory.max; '
+                'echo 0 > /sys/fs/cgroup/services/memory.swap.max"]\ntype = "oneshot"\n',
+    svc("hog"): 'exec = ["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]\n'
+                'requires = ["cap"]\nrestart_delay = "200ms"\nrestart_limit = 2\n',
+    svc("calm"): 'exec = ["/bin/sleep", "3600"]\n',
+})
+def oom_under_the_limit_of_an_enclosing_group_is_reported_as_oom_of_that_group(vm):
+    vm.expect_brig(r"service cap: done")
+    vm.expect_brig(r"service hog: OOM kill under the memory limit of /sys/fs/cgroup/services, "
+                   r"not its own")
+    vm.expect_brig(r"service hog: killed by OOM \(the memory limit of an enclosing cgroup "
+                   r"reached\)")
+    vm.expect_brig(r"service hog: failed: 2 failures")
+    expect_true("service calm: killed" not in vm.text and "service calm: exited" not in vm.text,
+                "the sibling was hit too")
+    expect_true("memory.max reached" not in vm.text, "the kill was blamed on the hog's own limit")
+
+
 FORK_BOMB_PROBE = """#!/bin/sh
 sleep 3
 echo "PROBE responsive pids=$(cat /sys/fs/cgroup/services/bomb/pids.current)"

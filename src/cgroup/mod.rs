@@ -81,6 +81,48 @@ pub fn own_path(proc_self_cgroup: &Path) -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim().to_string())
 }
 
+/// How many enclosing groups an OOM kill is traced through (brig nested deep in a host tree).
+const MAX_OOM_DEPTH: usize = 16;
+
+/// Whose memory limit an OOM kill answered to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OomScope {
+    /// The service's own memory.max (or memory.swap.max).
+    Own,
+    /// The limit of a group that holds the service's: the services tree, or a group above
+    /// brig when it runs nested.
+    Enclosing,
+    /// No group's limit was hit: the system as a whole ran out of memory.
+    System,
+}
+
+impl OomScope {
+    pub fn describe(self) -> &'static str {
+        match self {
+            OomScope::Own => "memory.max reached",
+            OomScope::Enclosing => "the memory limit of an enclosing cgroup reached",
+            OomScope::System => "the system ran out of memory",
+        }
+    }
+}
+
+/// The memory.events counters of a group and its enclosing groups at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OomCounters {
+    oom_kill: u64,
+    /// `oom` of the group itself first, then of each enclosing group, nearest first.
+    ooms: Vec<(PathBuf, u64)>,
+}
+
+/// OOM kills in a group since its counters were taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomKill {
+    pub kills: u64,
+    pub scope: OomScope,
+    /// The group whose limit was hit (None for a system-wide OOM).
+    pub limit: Option<PathBuf>,
+}
+
 /// The tree brig manages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tree {
@@ -177,6 +219,42 @@ impl Group {
     /// The `oom_kill` counter of memory.events; None without the memory controller.
     pub fn oom_kills(&self) -> Option<u64> {
         read_key(&self.dir.join("memory.events"), "oom_kill")
+    }
+
+    /// The OOM counters of the group and of its enclosing groups, taken when a run starts so
+    /// that a later kill can be traced to the limit it answered to.
+    pub fn oom_counters(&self) -> OomCounters {
+        let oom_kill = self.oom_kills().unwrap_or(0);
+        let mut ooms = Vec::new();
+        let mut dir = Some(self.dir.as_path());
+        // The root group has no memory.events: the walk ends there, or where an ancestor's
+        // parent does not give it the memory controller.
+        while let Some(d) = dir.filter(|_| ooms.len() < MAX_OOM_DEPTH) {
+            let Some(oom) = read_key(&d.join("memory.events"), "oom") else { break };
+            ooms.push((d.to_path_buf(), oom));
+            dir = d.parent();
+        }
+        OomCounters { oom_kill, ooms }
+    }
+
+    /// The OOM kills among the group's processes since `before`, and whose limit they
+    /// answered to. None: no process of the group was killed by the OOM killer.
+    pub fn oom_since(&self, before: &OomCounters) -> Option<OomKill> {
+        let kills = self.oom_kills()?.saturating_sub(before.oom_kill);
+        if kills == 0 {
+            return None;
+        }
+        // memory.events counts up the tree: the group whose limit was hit and every ancestor
+        // of it see `oom` rise, so the nearest group that saw it is the one with the limit.
+        let hit = before.ooms.iter().position(|(dir, was)| {
+            read_key(&dir.join("memory.events"), "oom").is_some_and(|now| now > *was)
+        });
+        let (scope, limit) = match hit {
+            Some(0) => (OomScope::Own, Some(self.dir.clone())),
+            Some(n) => (OomScope::Enclosing, before.ooms.get(n).map(|(d, _)| d.clone())),
+            None => (OomScope::System, None),
+        };
+        Some(OomKill { kills, scope, limit })
     }
 
     /// The pids in the group, as this process's pid namespace sees them.
@@ -342,6 +420,44 @@ mod tests {
         assert_eq!(e.path, group.dir.join("pids.max"));
         assert_eq!(e.value.as_deref(), Some("10"));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn oom_kill_is_traced_to_the_nearest_group_whose_limit_was_hit() {
+        let top = tempdir("oom-scope");
+        let parent = top.join("services");
+        let group = Group { dir: parent.join("hog") };
+        fs::create_dir_all(&group.dir).unwrap();
+        let events = |dir: &Path, oom: u64, kills: u64| {
+            fs::write(dir.join("memory.events"), format!("max 0\noom {oom}\noom_kill {kills}\n"))
+                .unwrap()
+        };
+        // `top` plays the root group: no memory.events, the walk stops below it.
+        events(&parent, 4, 4);
+        events(&group.dir, 1, 1);
+        let before = group.oom_counters();
+        assert_eq!(group.oom_since(&before), None);
+
+        // The group's own limit: its `oom` and its parent's rise together.
+        events(&group.dir, 2, 2);
+        events(&parent, 5, 5);
+        let own = group.oom_since(&before).unwrap();
+        assert_eq!((own.kills, own.scope), (1, OomScope::Own));
+        assert_eq!(own.limit.as_deref(), Some(group.dir.as_path()));
+
+        // The parent's limit: only the parent's `oom` rose, the kill is in the group.
+        events(&group.dir, 1, 3);
+        events(&parent, 6, 7);
+        let enclosing = group.oom_since(&before).unwrap();
+        assert_eq!((enclosing.kills, enclosing.scope), (2, OomScope::Enclosing));
+        assert_eq!(enclosing.limit.as_deref(), Some(parent.as_path()));
+
+        // No group hit a limit: the kernel's global OOM killer.
+        events(&parent, 4, 5);
+        events(&group.dir, 1, 2);
+        let system = group.oom_since(&before).unwrap();
+        assert_eq!((system.kills, system.scope, system.limit), (1, OomScope::System, None));
+        fs::remove_dir_all(top).unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@ use nix::sys::epoll::EpollFlags;
 
 use super::unit::{Exit, State, Unit};
 use super::{Supervisor, KILL_WAIT};
-use crate::cgroup;
+use crate::cgroup::{self, OomScope};
 use crate::config;
 use crate::control::protocol::{LogLine, Outcome, Request, Response, ServiceStatus};
 use crate::control::Incoming;
@@ -480,7 +480,9 @@ fn describe_exit(exit: Exit) -> String {
         Exit::Setup(Some(step), errno) => format!("{} failed ({errno:?})", step.describe()),
         Exit::Setup(None, errno) => format!("setup failed ({errno:?})"),
         Exit::Spawn => "could not be started".into(),
-        Exit::Oom => "killed by OOM".into(),
+        Exit::Oom(OomScope::Own) => "killed by OOM".into(),
+        Exit::Oom(OomScope::Enclosing) => "killed by OOM (enclosing cgroup)".into(),
+        Exit::Oom(OomScope::System) => "killed by OOM (system)".into(),
         Exit::Seccomp => "signal SIGSYS (seccomp)".into(),
     }
 }

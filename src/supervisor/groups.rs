@@ -13,6 +13,7 @@ use nix::sys::signal::Signal;
 
 use super::unit::Exit;
 use super::Supervisor;
+use crate::cgroup::{OomKill, OomScope};
 use crate::config::{Kind, Restart};
 
 /// How often a draining group is looked at when no child exit says so.
@@ -30,7 +31,7 @@ impl Supervisor {
         };
         let group = tree.group(unit.name());
         group.create(&unit.svc.limits.files).map_err(|e| e.to_string())?;
-        unit.oom_kills = group.oom_kills().unwrap_or(0);
+        unit.oom_counters = group.oom_counters();
         unit.group = Some(group);
         Ok(())
     }
@@ -40,19 +41,27 @@ impl Supervisor {
     pub(super) fn group_exit(&mut self, i: usize, exit: Exit) -> Option<Exit> {
         let unit = &mut self.units[i];
         let Some(group) = &unit.group else { return Some(exit) };
-        let oom_kills = group.oom_kills().unwrap_or(0).saturating_sub(unit.oom_kills);
-        let exit = match exit {
-            Exit::Signal(Signal::SIGKILL) if oom_kills > 0 => Exit::Oom,
-            _ => {
-                if oom_kills > 0 {
-                    // The OOM killer picked other processes of the service, not its main one.
-                    log::warn!(
-                        "service {}: {oom_kills} of its processes killed by OOM",
-                        unit.name()
-                    );
-                }
+        let oom = group.oom_since(&unit.oom_counters);
+        if let Some(OomKill { scope: OomScope::Enclosing, limit: Some(dir), .. }) = &oom {
+            log::warn!(
+                "service {}: OOM kill under the memory limit of {}, not its own",
+                unit.name(),
+                dir.display()
+            );
+        }
+        let exit = match (exit, oom) {
+            (Exit::Signal(Signal::SIGKILL), Some(k)) => Exit::Oom(k.scope),
+            (exit, Some(k)) => {
+                // The OOM killer picked other processes of the service, not its main one.
+                log::warn!(
+                    "service {}: {} of its processes killed by OOM ({})",
+                    unit.name(),
+                    k.kills,
+                    k.scope.describe()
+                );
                 exit
             }
+            (exit, None) => exit,
         };
         // A oneshot that succeeded, or a daemon that exited 0 for good (it forked into the
         // background), may leave processes behind on purpose: they stay in its group, status
@@ -160,15 +169,17 @@ mod tests {
         let populated = if procs_populated { "populated 1\n" } else { "populated 0\n" };
         std::fs::write(dir.join("cgroup.events"), populated).unwrap();
         s.units[0].group = Some(Group { dir: dir.clone() });
-        s.units[0].oom_kills = 1;
+        s.units[0].oom_counters = s.units[0].group.as_ref().unwrap().oom_counters();
         (s, dir)
     }
 
     #[test]
     fn sigkill_counted_by_memory_events_is_reported_as_oom() {
-        let (mut s, dir) = sup_with_group("oom", "oom 2\noom_kill 2\n", false);
-        assert_eq!(s.group_exit(0, Exit::Signal(Signal::SIGKILL)), Some(Exit::Oom));
-        assert_eq!(s.units[0].describe_exit(Exit::Oom), "killed by OOM (memory.max reached)");
+        let (mut s, dir) = sup_with_group("oom", "oom 1\noom_kill 1\n", false);
+        std::fs::write(dir.join("memory.events"), "oom 2\noom_kill 2\n").unwrap();
+        let exit = Exit::Oom(OomScope::Own);
+        assert_eq!(s.group_exit(0, Exit::Signal(Signal::SIGKILL)), Some(exit));
+        assert_eq!(s.units[0].describe_exit(exit), "killed by OOM (memory.max reached)");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::spawn::Step;
+use crate::cgroup::{OomCounters, OomScope};
 use crate::config::{duration, Kind, Restart, Service};
 use crate::log::LineBuffer;
 use crate::seccomp::Action;
@@ -55,8 +56,9 @@ pub enum Exit {
     Setup(Option<Step>, Errno),
     /// fork or the preparation in PID 1 failed.
     Spawn,
-    /// SIGKILLed by the kernel's OOM killer (memory.events oom_kill went up).
-    Oom,
+    /// SIGKILLed by the kernel's OOM killer (memory.events oom_kill went up), answering to
+    /// the limit of this scope.
+    Oom(OomScope),
     /// Killed with SIGSYS by its own seccomp filter (`action = "kill"`): it made a system call
     /// the filter forbids.
     Seccomp,
@@ -102,8 +104,8 @@ pub struct Unit {
     pub removed: bool,
     /// The service's cgroup while it has one.
     pub group: Option<crate::cgroup::Group>,
-    /// memory.events oom_kill when the current run started.
-    pub oom_kills: u64,
+    /// The OOM counters of its group and the enclosing ones when the current run started.
+    pub oom_counters: OomCounters,
     /// The main process ended with this; waiting for the rest of the cgroup to go.
     /// The main process ended with this exit and the rest of the group was sent the stop
     /// signal; SIGKILL follows at the instant, if they are still there.
@@ -136,7 +138,7 @@ impl Unit {
             replacement: None,
             removed: false,
             group: None,
-            oom_kills: 0,
+            oom_counters: OomCounters::default(),
             draining: None,
             output_pid: 0,
             labels: Vec::new(),
@@ -243,7 +245,7 @@ impl Unit {
                 format!("{step} failed ({errno:?})")
             }
             Exit::Spawn => "could not be started".into(),
-            Exit::Oom => "killed by OOM (memory.max reached)".into(),
+            Exit::Oom(scope) => format!("killed by OOM ({})", scope.describe()),
             Exit::Seccomp => "killed by SIGSYS (seccomp: a system call its filter forbids)".into(),
         }
     }
