@@ -361,7 +361,7 @@ def extras(kernel, base, boots):
     """Containers (crun, and brig once it has them) and brig with 1000 services."""
     import bench_extras  # it imports this module: import it only when needed
 
-    return [*bench_extras.containers(kernel, base), "",
+    return [*bench_extras.containers(kernel, base, boots), "",
             *bench_extras.scale(kernel, base, boots), "",
             *bench_extras.restart_without_delay(kernel, base, boots), "",
             *bench_extras.binary_sizes()]
