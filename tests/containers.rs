@@ -438,3 +438,45 @@ fn leftovers_of_a_crashed_daemon_get_the_stop_signal_and_stop_timeout_before_sig
     );
     run.assert_has("service stubborn: exited");
 }
+
+#[test]
+fn symlinks_planted_in_a_persistent_upper_never_lead_container_mounts_onto_the_host() {
+    let dir = tmp("symlink");
+    busybox_image(&dir, "bb");
+    // What a container could have left in its persistent upper on an earlier run: its volume's
+    // mount point, and its /dev, as symlinks to host directories.
+    let host = dir.join("host-target");
+    std::fs::create_dir_all(&host).unwrap();
+    for (svc, link) in [("vol", "www"), ("dev", "dev")] {
+        let upper = dir.join("state").join(svc).join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        std::os::unix::fs::symlink(&host, upper.join(link)).unwrap();
+    }
+    let never = "restart = \"never\"\n";
+    let vol = format!(
+        "{}upper = \"persistent\"\nvolumes = [{{ target = \"/www/sub\", tmpfs = \"1M\" }}]\n",
+        boxed("bb", "echo vol-ran", never)
+    );
+    let dev = format!("{}upper = \"persistent\"\n", boxed("bb", "echo dev-ran", never));
+    let run = boot(
+        "symlink",
+        &dir,
+        "",
+        &[
+            ("vol", &vol),
+            ("dev", &dev),
+            ("good", &boxed("bb", "echo up; exec /bin/busybox sleep 1000", "")),
+            ("probe", &probe("1", "kill -USR2 1")),
+        ],
+        false,
+    );
+    let refused =
+        "in the container root (no symlinks) failed: Too many symbolic links encountered \
+                   (ELOOP)";
+    run.assert_has(&format!("service vol: container setup: mkdir /www {refused}"));
+    run.assert_has(&format!("service dev: container setup: mkdir /dev {refused}"));
+    assert!(!run.log.contains("vol-ran") && !run.log.contains("dev-ran"), "{}", run.log);
+    let left: Vec<_> = std::fs::read_dir(&host).unwrap().collect();
+    assert!(left.is_empty(), "brig wrote into the host directory: {left:?}");
+    run.assert_has("]: up");
+}

@@ -12,6 +12,11 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
+/// The longest duration a config may give: a year. Beyond it no timeout or delay means
+/// anything on a device, and deadlines (now + duration, doubled backoff delays) stay far
+/// from the limits of the clock arithmetic.
+pub const MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Parses `"1m30s"`-style text. The error says what was wrong, for the config diagnostic.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -49,6 +54,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             }
         };
         total = total.saturating_add(part);
+    }
+    if total > MAX {
+        return Err(format!("bad duration {text:?}: longer than the maximum of 8784h (a year)"));
     }
     Ok(total)
 }
@@ -110,6 +118,15 @@ mod tests {
         assert!(parse("10sec").unwrap_err().contains("unknown unit \"sec\""));
         assert!(parse("s10").unwrap_err().contains("expected a number"));
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_rejected_so_deadlines_cannot_overflow() {
+        assert_eq!(parse("8784h"), Ok(MAX));
+        assert!(parse("8785h").unwrap_err().contains("longer than the maximum"));
+        // What once panicked PID 1 at the first doubled backoff or stop deadline.
+        assert!(parse("9300000000000000000s").unwrap_err().contains("longer than the maximum"));
+        assert!(parse("10000000000000000000s").unwrap_err().contains("longer than the maximum"));
     }
 
     #[test]

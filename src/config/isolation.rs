@@ -115,8 +115,9 @@ impl<'de> Deserialize<'de> for CpuMax {
 
 pub fn parse_cpu_max(s: &str) -> Option<String> {
     if let Some(pct) = s.trim().strip_suffix('%') {
+        // Up to 10000 CPUs' worth: far more than any device, and the quota cannot wrap.
         let pct: u64 = pct.trim().parse().ok()?;
-        return (pct >= 1).then(|| format!("{} 100000", pct * 1000));
+        return (1..=1_000_000).contains(&pct).then(|| format!("{} 100000", pct * 1000));
     }
     let mut words = s.split_whitespace();
     let quota = words.next()?;
@@ -772,5 +773,8 @@ mod tests {
         assert_eq!(parse_cpu_max("10"), None);
         assert_eq!(parse_cpu_max("20000 10"), None);
         assert_eq!(parse_cpu_max("1 2 3"), None);
+        // Regression: a huge percentage wrapped into a small quota.
+        assert_eq!(parse_cpu_max("18446744073709552%"), None);
+        assert_eq!(parse_cpu_max("1000000%").as_deref(), Some("1000000000 100000"));
     }
 }

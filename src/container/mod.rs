@@ -58,7 +58,10 @@ impl Paths {
 /// One step of container setup, executed by the child in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// mkdir; EEXIST is fine.
+    /// mkdir; an existing directory is fine, an existing symlink or file is not (ELOOP,
+    /// ENOTDIR). Paths under the container root are made one component at a time, so no
+    /// mount or mkdir of the plan follows a symlink that the image or a persistent upper
+    /// planted to point at the host.
     Mkdir(CString),
     /// Create an empty file to bind a device node onto; EEXIST is fine.
     Touch(CString),
@@ -375,7 +378,17 @@ fn run_op(op: &Op, scratch: &mut Scratch) -> Result<Option<Switch>, Errno> {
             path.as_c_str(),
             nix::sys::stat::Mode::from_bits_truncate(0o755),
         ) {
-            Ok(()) | Err(Errno::EEXIST) => Ok(None),
+            Ok(()) => Ok(None),
+            Err(Errno::EEXIST) => {
+                // Nothing else writes to the container's root while it is set up (the last
+                // instance is gone with its cgroup), so what lstat sees is what mount gets.
+                let mode = nix::sys::stat::lstat(path.as_c_str())?.st_mode & libc::S_IFMT;
+                match mode {
+                    libc::S_IFDIR => Ok(None),
+                    libc::S_IFLNK => Err(Errno::ELOOP),
+                    _ => Err(Errno::ENOTDIR),
+                }
+            }
             Err(e) => Err(e),
         },
         Op::Touch(path) => {

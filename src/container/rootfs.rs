@@ -42,12 +42,19 @@ impl Builder {
         self.push(format!("mkdir {}", path.display()), Op::Mkdir(cpath(path)));
     }
 
-    /// mkdir -p of `rel` under `root`, one component at a time.
+    /// mkdir -p of `rel` under the container root `root`, one component at a time, each
+    /// refused if the image or the upper has a symlink there ([`Op::Mkdir`]).
     fn mkdir_p(&mut self, root: &Path, rel: &str) {
         let mut path = root.to_path_buf();
+        let mut inside = String::new();
         for part in rel.split('/').filter(|p| !p.is_empty()) {
             path.push(part);
-            self.mkdir(&path);
+            inside.push('/');
+            inside.push_str(part);
+            self.push(
+                format!("mkdir {inside} in the container root (no symlinks)"),
+                Op::Mkdir(cpath(&path)),
+            );
         }
     }
 
@@ -196,7 +203,7 @@ pub fn plan(
 
     // /proc of the new PID namespace, with the host-revealing files masked.
     let proc = root.join("proc");
-    b.mkdir(&proc);
+    b.mkdir_p(&root, "/proc");
     b.mount("", None, &proc, Some("proc"), nosuid_nodev | MsFlags::MS_NOEXEC, None, false);
     for f in PROC_MASKED {
         b.bind(Path::new("/dev/null"), &proc.join(f), false, true);
@@ -207,13 +214,13 @@ pub fn plan(
 
     // /sys read-only: a fresh sysfs shows the container's own network namespace.
     let sys = root.join("sys");
-    b.mkdir(&sys);
+    b.mkdir_p(&root, "/sys");
     let ro = nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
     b.mount("", None, &sys, Some("sysfs"), ro, None, false);
 
     // A minimal /dev: a few nodes bound from the host, private ptys, shared memory.
     let dev = root.join("dev");
-    b.mkdir(&dev);
+    b.mkdir_p(&root, "/dev");
     b.mount(
         "",
         None,
@@ -351,7 +358,7 @@ mod tests {
         let ro_volume = position(&p, "remount read-only /run/brig/containers/web/root/srv/data");
         let tmpfs = position(&p, "mount tmpfs on /run/brig/containers/web/root/tmp");
         let ro_root = position(&p, "remount read-only /run/brig/containers/web/root");
-        assert!(position(&p, "mkdir /run/brig/containers/web/root/srv") < bind);
+        assert!(position(&p, "mkdir /srv in the container root (no symlinks)") < bind);
         assert!(bind < ro_volume && ro_volume < tmpfs && tmpfs < ro_root);
         position(&p, "bind /dev/null on /run/brig/containers/web/root/proc/kcore");
         position(&p, "remount read-only /run/brig/containers/web/root/proc/sys");

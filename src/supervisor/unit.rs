@@ -215,7 +215,7 @@ impl Unit {
             return Next::GiveUp { failures };
         }
         let delay = self.next_delay;
-        self.next_delay = (self.next_delay * 2).min(backoff.max);
+        self.next_delay = self.next_delay.saturating_mul(2).min(backoff.max);
         Next::Restart { delay, failure: failures }
     }
 
