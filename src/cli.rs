@@ -26,6 +26,12 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
+    if cmd != "init" {
+        // A command-line tool, not PID 1: `brig logs | head` ends quietly when the reader goes,
+        // as C tools do, instead of failing on EPIPE (Rust starts with SIGPIPE ignored).
+        // SAFETY: signal(2) with a valid signal number and the default disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cmd {
         "init" => match parse_options(rest, &["--config", "--socket"]) {
             Ok(opts) => crate::boot::run(crate::boot::Mode::Manual {

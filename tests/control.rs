@@ -147,6 +147,37 @@ fn logs_show_service_output_and_follow_new_lines() {
 }
 
 #[test]
+fn client_whose_reader_goes_away_ends_quietly_without_a_panic() {
+    let chatty = "exec = [\"/bin/sh\", \"-c\", \"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); \
+                  echo line $i; done; exec sleep 1000\"]\n";
+    let b = start("ctl-pipe", "", &[("chatty", chatty)]);
+    b.wait_for("system ready", LIMIT);
+    std::thread::sleep(Duration::from_millis(500));
+    // `brig logs | head -1`: the reader closes the pipe after the first line.
+    let mut client = std::process::Command::new(common::BRIG)
+        .args(["logs", "-n", "3000", "chatty", "--socket"])
+        .arg(&b.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    client.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(client.stdout.take());
+    let out = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}
+
+#[test]
 fn reload_adds_removes_and_changes_services_and_rejects_a_broken_config() {
     let b = start("ctl-reload", "", &[("keep", SLEEPER), ("change", SLEEPER), ("remove", SLEEPER)]);
     b.wait_for("system ready", LIMIT);
