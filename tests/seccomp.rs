@@ -117,3 +117,60 @@ fn seccomp_filter_holds_inside_a_container_that_could_otherwise_make_the_call() 
     b.client(&["poweroff"]);
     b.wait(LIMIT);
 }
+
+/// A filter for brig and everything it starts that answers clone3 with ENOSYS, as a kernel
+/// before 5.3 does (or a sandbox whose seccomp profile hides clone3).
+fn without_clone3() -> seccompiler::BpfProgram {
+    use seccompiler::{SeccompAction, SeccompFilter, SeccompRule};
+    let arch = if cfg!(target_arch = "x86_64") {
+        seccompiler::TargetArch::x86_64
+    } else {
+        seccompiler::TargetArch::aarch64
+    };
+    let rules = [(libc::SYS_clone3, Vec::<SeccompRule>::new())].into_iter().collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .unwrap();
+    filter.try_into().unwrap()
+}
+
+#[test]
+fn services_and_containers_start_with_clone_where_the_kernel_has_no_clone3() {
+    let dir = common::scratch("seccomp-noclone3");
+    let image = dir.join("images/bb");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(image.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", image.join("bin/busybox")).unwrap();
+    let system = format!(
+        "image_store = \"{}\"\ncontainer_state = \"{}\"\n",
+        dir.join("images").display(),
+        dir.join("state").display()
+    );
+    let plain = "exec = [\"/bin/sh\", \"-c\", \"echo plain-cgroup=$(cat /proc/self/cgroup); \
+                 exec sleep 1000\"]\n";
+    let boxed = "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"echo boxed-pid=$$; \
+                 exec /bin/busybox sleep 1000\"]\nstop_timeout = \"500ms\"\n[container]\nimage = \"bb\"\n";
+    let filter = without_clone3();
+    let b = common::start_with(
+        "seccomp-noclone3",
+        &dir.join("config"),
+        &system,
+        &[("plain", plain), ("boxed", boxed)],
+        false,
+        move || seccompiler::apply_filter(&filter).map_err(std::io::Error::other),
+    );
+    b.wait_for("]: boxed-pid=1", LIMIT);
+    b.wait_for("]: plain-cgroup=", LIMIT);
+    let log = b.log();
+    assert_eq!(log.matches("clone3 failed: Function not implemented (ENOSYS)").count(), 1, "{log}");
+    // Still placed in its own group before it ran anything.
+    let cgroup = log.lines().find_map(|l| l.split("]: plain-cgroup=").nth(1)).unwrap();
+    assert!(cgroup.trim().ends_with("/services/plain"), "{cgroup}");
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}

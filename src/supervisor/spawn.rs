@@ -297,9 +297,28 @@ fn clone3(flags: u64, cgroup: Option<RawFd>) -> Result<Cloned, Errno> {
     }
 }
 
+/// clone(2) with the namespaces `ns` and no new stack: like fork, the child runs on its copy
+/// of this stack. With every argument but the flags zero, the differing argument orders of
+/// the architectures do not matter.
+fn clone_legacy(ns: u64) -> Result<Cloned, Errno> {
+    let flags = ns | libc::SIGCHLD as u64;
+    // SAFETY: as for clone3: no CLONE_VM, no stack, single-threaded parent, and only system
+    // calls on prepared data in the child before it execs or _exits.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0, 0, 0, 0) };
+    match rc {
+        0 => Ok(Cloned::Child { placed: false }),
+        pid if pid > 0 => Ok(Cloned::Parent(Pid::from_raw(pid as i32))),
+        _ => Err(Errno::last()),
+    }
+}
+
+/// Whether the missing clone3 has been reported (once per boot).
+static CLONE3_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// clone3 into the cgroup with the namespaces `ns`; kernels before 5.7 reject
-/// CLONE_INTO_CGROUP (E2BIG or EINVAL) and get clone3 without it; kernels before 5.3 have no
-/// clone3 and get fork, which cannot create the PID namespace of a container.
+/// CLONE_INTO_CGROUP (E2BIG or EINVAL) and get clone3 without it; kernels before 5.3 (or a
+/// sandbox whose seccomp profile refuses clone3) get clone(2), with the same namespaces. In
+/// both fallbacks the child joins its cgroup itself before anything else.
 fn clone_child(ns: u64, cgroup: Option<RawFd>) -> Result<Cloned, Errno> {
     match clone3(ns, cgroup) {
         Err(Errno::E2BIG | Errno::EINVAL) if cgroup.is_some() => {
@@ -309,12 +328,15 @@ fn clone_child(ns: u64, cgroup: Option<RawFd>) -> Result<Cloned, Errno> {
                 parent => parent,
             })
         }
-        Err(Errno::ENOSYS) if ns == 0 => {
-            // SAFETY: as for clone3 above: single-threaded parent, syscalls only in the child.
-            match unsafe { nix::unistd::fork() }? {
-                nix::unistd::ForkResult::Child => Ok(Cloned::Child { placed: false }),
-                nix::unistd::ForkResult::Parent { child } => Ok(Cloned::Parent(child)),
+        Err(e @ (Errno::ENOSYS | Errno::EPERM)) => {
+            if !CLONE3_MISSING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::warn!(
+                    "clone3 failed: {} ({e:?}): services are started with clone(2) and join \
+                     their cgroup after it (Linux 5.3 has clone3, 5.7 CLONE_INTO_CGROUP)",
+                    e.desc()
+                );
             }
+            clone_legacy(ns)
         }
         other => other,
     }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -95,6 +95,19 @@ pub fn start_in(
     services: &[(&str, &str)],
     cgroupns: bool,
 ) -> Booted {
+    start_with(test, dir, system, services, cgroupns, || Ok(()))
+}
+
+/// start_in, with `pre_exec` run in the forked child before it execs `unshare` (to install a
+/// seccomp filter that plays an older kernel, say).
+pub fn start_with(
+    test: &str,
+    dir: &Path,
+    system: &str,
+    services: &[(&str, &str)],
+    cgroupns: bool,
+    pre_exec: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Booted {
     require_root();
     let dir = dir.to_path_buf();
     std::fs::create_dir_all(dir.join("services")).unwrap();
@@ -109,7 +122,10 @@ pub fn start_in(
         [BRIG, "init", "--config", dir.to_str().unwrap(), "--socket", socket.to_str().unwrap()];
     let brig = cgroup.wrap(&argv, cgroupns);
     let start = Instant::now();
-    let mut child = Command::new("unshare")
+    let mut command = Command::new("unshare");
+    // SAFETY: the hook only makes system calls on data prepared before the fork.
+    unsafe { command.pre_exec(pre_exec) };
+    let mut child = command
         .args([
             "--pid",
             "--fork",
