@@ -178,6 +178,39 @@ fn client_whose_reader_goes_away_ends_quietly_without_a_panic() {
 }
 
 #[test]
+fn accept_failing_with_emfile_rests_the_listener_instead_of_spinning() {
+    // 32 descriptors in all: a few dozen idle clients exhaust them.
+    let limit = libc::rlimit { rlim_cur: 32, rlim_max: 32 };
+    let dir = common::scratch("ns-ctl-emfile");
+    let b = common::start_with("ctl-emfile", &dir, "", &[("web", SLEEPER)], false, move || {
+        // SAFETY: setrlimit with a valid resource and a live struct.
+        match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    });
+    b.wait_for("system ready", LIMIT);
+    let clients: Vec<_> =
+        (0..40).map(|_| std::os::unix::net::UnixStream::connect(&b.socket).unwrap()).collect();
+    b.wait_for("control: accept on", LIMIT);
+    let before = b.pid1_cpu();
+    std::thread::sleep(Duration::from_millis(1500));
+    // A loop woken by the queued connection on every turn burns a whole CPU meanwhile.
+    let used = b.pid1_cpu() - before;
+    assert!(used < Duration::from_millis(300), "PID 1 used {used:?} of CPU in 1.5 s");
+    let log = b.log();
+    assert_eq!(log.matches("control: accept on").count(), 1, "{log}");
+    assert!(log.contains("Too many open files"), "{log}");
+    drop(clients);
+    // The listener is back once descriptors are free again.
+    let (code, table, err) = b.client(&["status", "web"]);
+    assert_eq!(code, 0, "{table}{err}");
+    assert!(table.contains("running"), "{table}");
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}
+
+#[test]
 fn reload_adds_removes_and_changes_services_and_rejects_a_broken_config() {
     let b = start("ctl-reload", "", &[("keep", SLEEPER), ("change", SLEEPER), ("remove", SLEEPER)]);
     b.wait_for("system ready", LIMIT);

@@ -31,6 +31,10 @@ const MAX_CONNECTIONS: usize = 128;
 /// A flood of refused connections is logged once per this period: a line per refusal would
 /// flood the kernel log, and PID 1 itself waits while the kernel prints it on a slow console.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long the listener rests after accept failed for want of descriptors (EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM): the connection stays queued, and a level-triggered listener would wake
+/// the loop at once, every turn.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
 /// Output kept for one client; a follower that falls further behind loses lines.
 const MAX_OUTPUT: usize = 256 * 1024;
 /// Token of the listening socket in the supervisor's epoll set.
@@ -88,6 +92,11 @@ pub struct Server {
     /// when that message was logged: one line per REFUSAL_LOG_EVERY, not one per connection.
     refused: u64,
     refusal_logged: Option<Instant>,
+    /// The listener is out of the epoll set until then (accept failed for want of resources).
+    paused_until: Option<Instant>,
+    /// accept failures since the last message about them, and when that went out.
+    accept_failures: u64,
+    accept_failure_logged: Option<Instant>,
 }
 
 impl Server {
@@ -114,6 +123,9 @@ impl Server {
             conns: HashMap::new(),
             refused: 0,
             refusal_logged: None,
+            paused_until: None,
+            accept_failures: 0,
+            accept_failure_logged: None,
         })
     }
 
@@ -133,8 +145,21 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: the pending connection stays queued; try next turn.
-                    log::warn!("accept {}: {e}", self.path.display());
+                    // EMFILE and friends: the connection stays queued. Rest the listener
+                    // rather than wake on it at once, every turn; say so once per period.
+                    self.accept_failures += 1;
+                    if self.accept_failure_logged.is_none_or(|t| now >= t + REFUSAL_LOG_EVERY) {
+                        log::warn!(
+                            "control: accept on {}: {e} ({} time(s)); clients wait",
+                            self.path.display(),
+                            self.accept_failures
+                        );
+                        self.accept_failures = 0;
+                        self.accept_failure_logged = Some(now);
+                    }
+                    if epoll.delete(self.listener.as_fd()).is_ok() {
+                        self.paused_until = Some(now + ACCEPT_PAUSE);
+                    }
                     return;
                 }
             };
@@ -363,8 +388,17 @@ impl Server {
         }
     }
 
-    /// Closes connections whose deadline passed.
+    /// Closes connections whose deadline passed, and takes a rested listener back.
     pub fn expire(&mut self, epoll: &Epoll, now: Instant) {
+        if self.paused_until.is_some_and(|t| now >= t) {
+            match self.register(epoll) {
+                Ok(()) => self.paused_until = None,
+                Err(e) => {
+                    log::error!("control: epoll_ctl add listener: {} ({e:?})", e.desc());
+                    self.paused_until = Some(now + ACCEPT_PAUSE);
+                }
+            }
+        }
         let late: Vec<RawFd> = self
             .conns
             .iter()
@@ -378,7 +412,7 @@ impl Server {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns.values().filter_map(|c| c.deadline).min()
+        self.conns.values().filter_map(|c| c.deadline).chain(self.paused_until).min()
     }
 }
 

@@ -160,6 +160,14 @@ pub fn start_with(
 }
 
 impl Booted {
+    /// CPU time brig (PID 1 of the namespace, in its `brig` leaf) has used so far.
+    pub fn pid1_cpu(&self) -> Duration {
+        let dir = self.cgroup.as_ref().unwrap().dir.join("brig");
+        let stat = std::fs::read_to_string(dir.join("cpu.stat")).unwrap();
+        let usec = stat.lines().find_map(|l| l.strip_prefix("usage_usec ")).unwrap();
+        Duration::from_micros(usec.trim().parse().unwrap())
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
