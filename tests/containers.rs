@@ -249,7 +249,7 @@ fn bad_container_input_is_reported_and_other_services_keep_running() {
         "service noimage: cannot start: open image {}: No such file or directory (ENOENT)",
         dir.join("images/missing").display()
     ));
-    run.assert_has("services/badlimit.toml:3:14: \"lots\" is not a size");
+    run.assert_has("services/badlimit.toml:3:14: limits.memory_max: \"lots\" is not a size");
     run.assert_has("services/badcap.toml:2:16: capabilities: unknown capability \"CAP_FLY\"");
     run.assert_has("services/badmap.toml:4:1: container.uid_map: \"0:0:10\" maps onto host id 0");
     // A name is looked up in the image at start: busybox_image has no /etc/passwd.

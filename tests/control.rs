@@ -238,7 +238,7 @@ fn reload_adds_removes_and_changes_services_and_rejects_a_broken_config() {
     assert_eq!(code, 1);
     assert!(err.contains("configuration has 2 errors; nothing changed"), "{err}");
     assert!(err.contains("broken.toml:2:1: unknown field `bogus`"), "{err}");
-    assert!(err.contains("typo.toml:1:8: invalid type"), "{err}");
+    assert!(err.contains("typo.toml:1:8: exec: invalid type"), "{err}");
     let unchanged = b.client(&["status"]).1;
     assert_eq!(pid_of(&after, "keep"), pid_of(&unchanged, "keep"));
     b.client(&["poweroff"]);

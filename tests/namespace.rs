@@ -163,7 +163,7 @@ fn broken_files_are_reported_with_location_and_the_rest_boots() {
         Duration::from_secs(20),
     );
     run.assert_has("services/typo.toml:2:1: unknown field `restrat`");
-    run.assert_has("services/duration.toml:2:16: bad duration \"ten\"");
+    run.assert_has("services/duration.toml:2:16: stop_timeout: bad duration \"ten\"");
     run.assert_has("services/syntax.toml:");
     run.assert_has(
         "service dependent: not started: requires syntax, which has a configuration error",

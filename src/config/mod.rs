@@ -53,6 +53,27 @@ impl Diagnostic {
         }
     }
 
+    /// A decoding error: like `new`, with the key the span falls on (`limits.memory_max`)
+    /// put in front of the message unless the message already names it.
+    fn decoding(file: &Path, text: &str, span: Option<Range<usize>>, message: String) -> Self {
+        let key = span.as_ref().and_then(|s| key_at(text, s.start));
+        let message = match key {
+            Some(key) => {
+                let last = key.rsplit('.').next().unwrap_or(&key);
+                let named = [format!("{key}:"), format!("{key}."), format!("{last}:")];
+                if named.iter().any(|n| message.starts_with(n))
+                    || message.contains(&format!("`{last}`"))
+                {
+                    message
+                } else {
+                    format!("{key}: {message}")
+                }
+            }
+            None => message,
+        };
+        Diagnostic::new(file, text, span, message)
+    }
+
     fn io(file: &Path, op: &str, err: &io::Error) -> Self {
         Diagnostic { file: file.to_path_buf(), position: None, message: format!("{op}: {err}") }
     }
@@ -120,7 +141,7 @@ fn load_system(path: &Path, tree: &mut Tree) {
         Ok(system) => tree.system = system,
         Err(e) => {
             let message = format!("{} (using defaults for the whole file)", e.message);
-            tree.diagnostics.push(Diagnostic::new(path, &text, e.span, message));
+            tree.diagnostics.push(Diagnostic::decoding(path, &text, e.span, message));
         }
     }
 }
@@ -172,9 +193,48 @@ fn load_service(
             tree.services.push(svc);
         }
         Err(e) => {
-            tree.diagnostics.push(Diagnostic::new(path, &text, e.span, e.message));
+            tree.diagnostics.push(Diagnostic::decoding(path, &text, e.span, e.message));
             tree.broken.push(Broken { name, reason: "has a configuration error".into() });
         }
+    }
+}
+
+/// The dotted key whose value (or table header) holds byte `offset` of a TOML text:
+/// the last `[table]` header before it and the last `key =` line at or before its line.
+/// Lexical, for messages only: None where the text does not look like that.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let mut table: Option<String> = None;
+    let mut key: Option<String> = None;
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        if start > offset {
+            break;
+        }
+        start += line.len();
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header.trim_start_matches('[').split(']').next().unwrap_or("").trim();
+            if name.is_empty() {
+                continue; // an array value continued on this line: `[1, 2]`
+            }
+            if !name.contains(['"', ',', ' ']) || name.starts_with('"') {
+                table = Some(name.to_string());
+                key = None;
+                continue;
+            }
+        }
+        let Some((lhs, _)) = line.split_once('=') else { continue };
+        let lhs = lhs.trim();
+        let plain = |c: char| c.is_ascii_alphanumeric() || "_-.\"".contains(c);
+        if !lhs.is_empty() && lhs.chars().all(plain) && !line.starts_with('{') {
+            key = Some(lhs.trim_matches('"').to_string());
+        }
+    }
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
     }
 }
 
@@ -202,6 +262,24 @@ mod tests {
         assert_eq!(diagnostic_at_key(&file, "user", String::new()).position, Some((4, 8)));
         assert_eq!(diagnostic_at_key(&file, "group", String::new()).position, None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn decoding_errors_name_the_key_their_span_falls_on() {
+        let text = "exec = [\"/x\",\n  \"-v\"]\n\n[limits]\nmemory_max = \"12XB\"\n\
+                    [container]\nvolumes = [{ target = \"/t\", tmpfs = \"0\" }]\n";
+        let at = |needle: &str| key_at(text, text.find(needle).unwrap());
+        assert_eq!(at("\"-v\"").as_deref(), Some("exec"));
+        assert_eq!(at("\"12XB\"").as_deref(), Some("limits.memory_max"));
+        assert_eq!(at("[container]").as_deref(), Some("container"));
+        assert_eq!(at("tmpfs").as_deref(), Some("container.volumes"));
+        let file = Path::new("svc.toml");
+        let span = text.find("\"12XB\"").map(|s| s..s + 6);
+        let d = Diagnostic::decoding(file, text, span.clone(), "\"12XB\" is not a size".into());
+        assert_eq!(d.to_string(), "svc.toml:5:14: limits.memory_max: \"12XB\" is not a size");
+        // Already named: left alone.
+        let named = "memory_max: too large".to_string();
+        assert_eq!(Diagnostic::decoding(file, text, span, named.clone()).message, named);
     }
 
     #[test]
