@@ -480,3 +480,31 @@ fn symlinks_planted_in_a_persistent_upper_never_lead_container_mounts_onto_the_h
     assert!(left.is_empty(), "brig wrote into the host directory: {left:?}");
     run.assert_has("]: up");
 }
+
+#[test]
+fn container_without_an_image_runs_over_the_host_root_read_only() {
+    let dir = tmp("hostroot");
+    let marker = dir.join("host-file");
+    std::fs::write(&marker, "host\n").unwrap();
+    let script = format!(
+        "echo pid=$$; echo sees=$(/bin/busybox cat {m}); echo changed > {m}; \
+         echo wrote=$(/bin/busybox cat {m}); exec /bin/busybox sleep 1000",
+        m = marker.display()
+    );
+    let svc = format!(
+        "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"{script}\"]\nstop_timeout = \"500ms\"\n\
+         [container]\nnetwork = \"none\"\nupper = \"persistent\"\n"
+    );
+    let run = boot(
+        "hostroot",
+        &dir,
+        "",
+        &[("overhost", &svc), ("probe", &probe("1", "kill -USR2 1"))],
+        false,
+    );
+    run.assert_has("]: pid=1");
+    run.assert_has("]: sees=host");
+    // The write went to the container's upper layer, not to the host's file.
+    run.assert_has("]: wrote=changed");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "host\n");
+}

@@ -418,7 +418,8 @@ impl Volume {
 /// A validated `[container]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
-    /// A name in the image store, or an absolute path to a directory.
+    /// A name in the image store, or an absolute path to a directory; `/` (the host's root)
+    /// when the file names none.
     pub image: String,
     pub upper: Upper,
     pub hostname: Option<String>,
@@ -505,7 +506,7 @@ pub fn parse_id_map(field: &str, text: &str) -> Result<IdMap, String> {
 #[derive(DeriveDeserialize)]
 #[serde(deny_unknown_fields)]
 struct RawContainer {
-    image: ImageName,
+    image: Option<ImageName>,
     #[serde(default)]
     upper: Upper,
     hostname: Option<Hostname>,
@@ -539,7 +540,8 @@ impl<'de> Deserialize<'de> for ContainerFile {
         let user_namespace = user_namespace(raw.uid_map.as_deref(), raw.gid_map.as_deref())
             .map_err(de::Error::custom)?;
         Ok(ContainerFile(Container {
-            image: raw.image.0,
+            // Without an image, the host's own root is the read-only base.
+            image: raw.image.map_or_else(|| "/".to_string(), |i| i.0),
             upper: raw.upper,
             hostname: raw.hostname.map(|h| h.0),
             network: raw.network,

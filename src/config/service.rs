@@ -680,8 +680,9 @@ mod tests {
         assert!(e.message.contains("unknown field `uper`"), "{e:?}");
         let e = parse_err("exec = [\"/x\"]\n[container]\nimage = \"../etc\"\n");
         assert!(e.message.contains("container.image"), "{e:?}");
-        let e = parse_err("exec = [\"/x\"]\n[container]\nnetwork = \"none\"\n");
-        assert!(e.message.contains("missing field `image`"), "{e:?}");
+        // No image: the host's root is the base.
+        let s = parse_ok("exec = [\"/x\"]\n[container]\nnetwork = \"none\"\n");
+        assert_eq!(s.container.unwrap().image, "/");
         let e = parse_err(
             "exec = [\"/x\"]\n[container]\nimage = \"w\"\nvolumes = [{ target = \"/d\" }]\n",
         );
