@@ -105,6 +105,11 @@ def appliance_boots_and_serves_status_page(vm):
         vm.expect_brig(rf"module {module}: loaded")
     vm.expect(r"net(?:\[\d+\])?: eth0 up: 10\.0\.2\.15/24")
     expect_ready(vm, 6, 1, 0)
+    # udhcpd runs in a container over the host's root (services/udhcpd.toml).
+    vm.cursor = 0
+    vm.expect_brig(r"service udhcpd: pivot_root impossible \(root is the initramfs\): container "
+                   r"root entered with move-mount \+ chroot")
+    vm.expect(r"udhcpd\[\d+\]: udhcpd: started")
 
     status, page = http_get_retry(vm, "/")
     expect_true(status == 200 and "<h1>brig appliance</h1>" in page, f"front page: {page!r}")
