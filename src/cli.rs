@@ -135,10 +135,12 @@ fn check(root: Option<&Path>, config_dir: Option<&Path>) -> i32 {
     for p in &problems {
         eprintln!("{p}");
     }
+    // Problems count every line above: errors in files, and (with --root) what the tree
+    // lacks for a service whose file itself is fine.
     println!(
-        "{}: {} services valid, {} with errors, {} problems",
+        "{}: {} service files read, {} rejected; {} problem(s) in all",
         dir.display(),
-        tree.services.len(),
+        tree.services.len() + tree.broken.len(),
         tree.broken.len(),
         problems.len()
     );
@@ -162,9 +164,19 @@ fn root_problems(
         }
         None => root.to_path_buf(),
     };
-    // A squashfs image cannot be looked into without mounting it.
-    if svc.container.is_some() && !base.is_dir() && base.with_extension("squashfs").is_file() {
-        return Vec::new();
+    if let Some(c) = svc.container.as_ref().filter(|_| !base.is_dir()) {
+        // A squashfs image cannot be looked into without mounting it.
+        let squashfs = base.with_extension("squashfs");
+        if squashfs.is_file() || base.is_file() {
+            return Vec::new();
+        }
+        let message = format!(
+            "container.image: image {:?} not found: no directory {} and no file {}",
+            c.image,
+            base.display(),
+            squashfs.display()
+        );
+        return vec![config::diagnostic_at_key(&svc.file, "container", message)];
     }
     let mut out = Vec::new();
     if let Some(why) = program_problem(&base, &svc.exec[0]) {
@@ -262,6 +274,11 @@ mod tests {
             &format!("{services}/dns2.toml"),
             "exec = [\"/usr/sbin/dnsmasq\"]\nuser = \"www\"\n[container]\nimage = \"dns\"\n",
         );
+        write(
+            &root,
+            &format!("{services}/lost.toml"),
+            "exec = [\"/usr/sbin/dnsmasq\"]\n[container]\nimage = \"gone\"\n",
+        );
         let tree = config::load(&root.join("etc/brig"));
         let paths = crate::container::Paths::from_system(&tree.system);
         let problems = |name: &str| -> Vec<String> {
@@ -296,6 +313,10 @@ mod tests {
         assert_eq!(dns2.len(), 1, "{dns2:?}");
         assert!(dns2[0]
             .ends_with(&format!("user: \"www\" is not in {}/{image}/etc/passwd", root.display())));
+        // A missing image is named as such, not as a missing program inside it.
+        let lost = problems("lost");
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].contains(":2:1: container.image: image \"gone\" not found"), "{lost:?}");
         assert_eq!(check(Some(&root), None), 1);
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -163,6 +163,17 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
+/// The cgroup files that `[limits]` has typed keys for.
+const TYPED_FILES: &[(&str, &str)] = &[
+    ("memory.max", "memory_max"),
+    ("memory.high", "memory_high"),
+    ("memory.swap.max", "memory_swap_max"),
+    ("cpu.max", "cpu_max"),
+    ("cpu.weight", "cpu_weight"),
+    ("pids.max", "pids_max"),
+    ("io.weight", "io_weight"),
+];
+
 /// The name of a cgroup interface file under `[limits.cgroup]`, passed through verbatim.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct RawFile(String);
@@ -173,6 +184,13 @@ impl<'de> Deserialize<'de> for RawFile {
         let ok = s.contains('.')
             && !s.starts_with("cgroup.")
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b));
+        // One way to set each file: a raw value written after the typed key would win
+        // without a word.
+        if let Some((_, key)) = TYPED_FILES.iter().find(|(file, _)| *file == s) {
+            return Err(de::Error::custom(format!(
+                "limits.cgroup: {s:?} has its own key: write {key} in [limits]"
+            )));
+        }
         if ok {
             return Ok(RawFile(s));
         }
@@ -676,12 +694,18 @@ impl<'de> Deserialize<'de> for VolumeFile {
             (Some(source), None) => Err(de::Error::custom(format!(
                 "container.volumes: bind source {source:?} must be an absolute path"
             ))),
+            (None, Some(_)) if raw.read_only => Err(de::Error::custom(format!(
+                "container.volumes: read_only is for bind volumes; the tmpfs at {:?} starts \
+                 empty, so a read-only one could hold nothing",
+                raw.target
+            ))),
+            // tmpfs takes size=0 as no limit at all: not what a sized volume means.
             (None, Some(size)) => match parse_bytes(&size) {
-                Some(bytes) if bytes != "max" => {
+                Some(bytes) if bytes != "max" && bytes != "0" => {
                     Ok(VolumeFile(Volume::Tmpfs { target: raw.target, size: bytes }))
                 }
                 _ => Err(de::Error::custom(format!(
-                    "container.volumes: tmpfs size {size:?} is not a size such as \"16M\""
+                    "container.volumes: tmpfs size {size:?} is not a size above 0 such as \"16M\""
                 ))),
             },
             _ => Err(de::Error::custom(

@@ -650,6 +650,11 @@ mod tests {
         assert!(e.message.contains("unknown field `memory_maximum`"), "{e:?}");
         let e = parse_err("exec = [\"/x\"]\n[limits]\ncgroup = { \"cgroup.procs\" = \"1\" }\n");
         assert!(e.message.contains("brig's own"), "{e:?}");
+        // Regression: the raw file was written after memory_max and silently won.
+        let e = parse_err(
+            "exec = [\"/x\"]\n[limits]\nmemory_max = \"64M\"\ncgroup = { \"memory.max\" = \"1G\" }\n",
+        );
+        assert!(e.message.contains("\"memory.max\" has its own key: write memory_max"), "{e:?}");
     }
 
     #[test]
@@ -687,6 +692,16 @@ mod tests {
             "exec = [\"/x\"]\n[container]\nimage = \"w\"\nvolumes = [{ target = \"/d\" }]\n",
         );
         assert!(e.message.contains("exactly one of"), "{e:?}");
+        // Regressions: both were accepted, and did something else than they said.
+        let e = parse_err(
+            "exec = [\"/x\"]\n[container]\nvolumes = [{ target = \"/t\", tmpfs = \"1M\", \
+             read_only = true }]\n",
+        );
+        assert!(e.message.contains("read_only is for bind volumes"), "{e:?}");
+        let e = parse_err(
+            "exec = [\"/x\"]\n[container]\nvolumes = [{ target = \"/t\", tmpfs = \"0K\" }]\n",
+        );
+        assert!(e.message.contains("not a size above 0"), "{e:?}");
     }
 
     #[test]

@@ -69,9 +69,13 @@ impl Supervisor {
         // run beside leftovers of its previous instance.
         let final_exit = unit.svc.kind == Kind::Oneshot || unit.svc.restart != Restart::Always;
         let keep = exit.success() && final_exit;
-        if keep || !group.populated() {
-            if !keep {
+        let populated = group.populated();
+        if keep || !populated {
+            // An empty group goes (a finished oneshot's too); what a finished service left
+            // keeps its group, for status to show and `stop` to remove.
+            if !populated {
                 group.remove();
+                unit.group = None;
             }
             return Some(exit);
         }
@@ -159,7 +163,16 @@ mod tests {
     use std::path::PathBuf;
 
     fn sup_with_group(tag: &str, events: &str, procs_populated: bool) -> (Supervisor, PathBuf) {
-        let svc = parse("hog", "hog.toml".into(), "exec = [\"/x\"]\n").unwrap().0;
+        sup_with_service(tag, "exec = [\"/x\"]\n", events, procs_populated)
+    }
+
+    fn sup_with_service(
+        tag: &str,
+        text: &str,
+        events: &str,
+        procs_populated: bool,
+    ) -> (Supervisor, PathBuf) {
+        let svc = parse("hog", "hog.toml".into(), text).unwrap().0;
         let tree = Tree { services: vec![svc], ..Tree::default() };
         let mut s = Supervisor::new(tree, crate::supervisor::Setup::default()).unwrap();
         let dir = std::env::temp_dir().join(format!("brig-groups-{tag}-{}", std::process::id()));
@@ -181,6 +194,20 @@ mod tests {
         assert_eq!(s.group_exit(0, Exit::Signal(Signal::SIGKILL)), Some(exit));
         assert_eq!(s.units[0].describe_exit(exit), "killed by OOM (memory.max reached)");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn finished_oneshot_with_an_empty_group_gives_the_group_up() {
+        let text = "exec = [\"/x\"]\ntype = \"oneshot\"\n";
+        let (mut s, dir) = sup_with_service("oneshot-empty", text, "oom_kill 0\n", false);
+        assert_eq!(s.group_exit(0, Exit::Code(0)), Some(Exit::Code(0)));
+        assert_eq!(s.units[0].group, None, "status would show the stale group's usage");
+        // With processes left behind, the group stays for status and stop.
+        let (mut s, dir2) = sup_with_service("oneshot-left", text, "oom_kill 0\n", true);
+        assert_eq!(s.group_exit(0, Exit::Code(0)), Some(Exit::Code(0)));
+        assert!(s.units[0].group.is_some());
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir2);
     }
 
     #[test]

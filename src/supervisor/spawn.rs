@@ -446,9 +446,12 @@ fn credentials(svc: &Service) -> Result<Option<(Uid, Gid, Vec<Gid>)>, SpawnError
                 return Err(SpawnError::Credentials(format!("looking up group {name:?}: {e}")))
             }
         },
+        // A numeric user without an account gets the group of the same number, never
+        // root's.
         None => match &user {
             Some((_, Some(u))) => u.gid,
-            _ => Gid::from_raw(0),
+            Some((uid, None)) => Gid::from_raw(uid.as_raw()),
+            None => Gid::from_raw(0),
         },
     };
     let uid = user.as_ref().map_or(Uid::from_raw(0), |(uid, _)| *uid);
@@ -490,7 +493,11 @@ fn image_credentials(
         Some(Ident::Name(name)) => {
             users::group_by_name(root, name).ok_or_else(|| missing("group", name))?
         }
-        None => account.as_ref().and_then(|(_, a)| a.as_ref()).map_or(0, |a| a.gid),
+        None => match &account {
+            Some((_, Some(a))) => a.gid,
+            Some((uid, None)) => *uid,
+            None => 0,
+        },
     };
     let groups = match account.as_ref().and_then(|(_, a)| a.as_ref()) {
         Some(a) => users::group_list(root, &a.name, gid),
@@ -831,6 +838,20 @@ fn shebang(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_user_without_an_account_gets_its_own_number_as_group_not_root() {
+        let text = "exec = [\"/x\"]\nuser = 54321\n";
+        let svc = crate::config::service::parse("n", "n.toml".into(), text).unwrap().0;
+        let (uid, gid, groups) = credentials(&svc).unwrap().unwrap();
+        assert_eq!((uid.as_raw(), gid.as_raw(), groups), (54321, 54321, vec![gid]));
+        // The same in an image without /etc/passwd.
+        let image = std::env::temp_dir().join(format!("brig-noaccount-{}", std::process::id()));
+        std::fs::create_dir_all(&image).unwrap();
+        let (uid, gid, groups) = image_credentials(&svc, &image).unwrap().unwrap();
+        assert_eq!((uid.as_raw(), gid.as_raw(), groups), (54321, 54321, vec![gid]));
+        std::fs::remove_dir_all(image).unwrap();
+    }
 
     #[test]
     fn user_namespace_ids_must_be_mapped_and_unmapped_groups_are_left_out() {
