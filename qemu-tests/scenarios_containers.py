@@ -155,6 +155,9 @@ def check_containers(vm, shared):
                    r"root entered with move-mount \+ chroot", timeout=60)
     vm.cursor = 0
     vm.expect("PROBE-DONE", timeout=120)
+    # Once per service, not at every restart.
+    said = len(re.findall(r"service box: pivot_root impossible", vm.text))
+    expect_true(said == 1, f"the root switch fallback was logged {said} times for box")
     expect_true("PROBE gave up" not in vm.text, "the probe gave up waiting for a container")
 
     for label in ("box", "keep"):

@@ -565,10 +565,17 @@ impl Supervisor {
         let mut failed = false;
         for r in spawn::decode_status(&buf[..n]) {
             match r.step {
-                Some(spawn::Step::MoveChroot) => log::info!(
-                    "service {name}: pivot_root impossible (root is the initramfs): container \
-                     root entered with move-mount + chroot"
-                ),
+                // Said once per service and boot: every restart would say it again.
+                Some(spawn::Step::MoveChroot) if !unit.switch_reported => {
+                    unit.switch_reported = true;
+                    log::info!(
+                        "service {name}: pivot_root impossible (root is the initramfs): \
+                         container root entered with move-mount + chroot"
+                    )
+                }
+                Some(spawn::Step::MoveChroot) => {
+                    log::debug!("service {name}: container root entered with move-mount + chroot")
+                }
                 Some(spawn::Step::PivotRoot) => {
                     log::debug!("service {name}: container root entered with pivot_root")
                 }

@@ -106,6 +106,8 @@ pub struct Unit {
     pub group: Option<crate::cgroup::Group>,
     /// The OOM counters of its group and the enclosing ones when the current run started.
     pub oom_counters: OomCounters,
+    /// The move-mount + chroot fallback of its container root has been logged.
+    pub switch_reported: bool,
     /// The main process ended with this; waiting for the rest of the cgroup to go.
     /// The main process ended with this exit and the rest of the group was sent the stop
     /// signal; SIGKILL follows at the instant, if they are still there.
@@ -139,6 +141,7 @@ impl Unit {
             removed: false,
             group: None,
             oom_counters: OomCounters::default(),
+            switch_reported: false,
             draining: None,
             output_pid: 0,
             labels: Vec::new(),
