@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import time
 
 import brigvm
@@ -229,6 +230,53 @@ def power_cuts_while_writing_never_corrupt_brig_state(lab):
         vm.expect_brig(r"system ready", 30)
         time.sleep(rng.uniform(0.0, 2.5))
         lab.kill()
+
+
+# A service that ignores SIGTERM with a file open for writing on the data partition, and a
+# child that does the same in its own session.
+HOLDER = ('exec = ["/bin/sh", "-c", "trap \'\' TERM; mkdir -p /var/lib/app; '
+          '(trap \'\' TERM; exec 4>>/var/lib/app/child; while :; do echo c >&4; sleep 0.1; done) & '
+          'exec 3>>/var/lib/app/held; while :; do echo x >&3; sleep 0.1; done"]\n'
+          'stop_timeout = "2s"\ncritical = true\n')
+HOLDER_PROBE = """
+sleep 2
+echo "HELD $(wc -c < /var/lib/app/held)"
+poweroff
+"""
+
+
+@scenario(lab=True, timeout=240)
+def poweroff_with_a_sigterm_ignoring_writer_on_ext4_leaves_the_filesystem_clean(lab):
+    initrd, base = storage_images(lab, {svc("writer"): HOLDER, **console_probe(HOLDER_PROBE)})
+    data = brigvm.make_ext4(os.path.join(lab.dir, "data.ext4"))
+    vm = lab.boot(initrd=initrd, disks=(base, data))
+    vm.expect_line(r"HELD \d+", timeout=90)
+    requested = vm.expect_brig(r"shutdown: poweroff requested", timeout=30)
+    vm.expect_brig(r"service writer: did not stop within 2s, sending SIGKILL", timeout=30)
+    off = vm.expect("reboot: Power down", timeout=30)
+    vm.wait_exit(10)
+    # Guest time, from the kernel's timestamps: stop_timeout plus a few seconds.
+    stamps = [float(t) for t in re.findall(r"^\[\s*(\d+\.\d+)\]",
+                                           vm.text[requested.start() - 200:off.end()], re.M)]
+    took = stamps[-1] - stamps[0] if len(stamps) >= 2 else 0.0
+    expect_true(took < 2 + 5, f"poweroff took {took:.1f} s of guest time")
+    bad = re.search(r"EXT4-fs error[^\n]*|busy[^\n]*unmount[^\n]*", vm.text)
+    expect_true(not bad, f"shutdown: {bad and bad.group(0)}")
+    # The filesystem was unmounted (or remounted read-only) cleanly: no journal to replay.
+    header = brigvm.run(["dumpe2fs", "-h", data])
+    features = re.search(r"^Filesystem features:(.*)$", header, re.M).group(1)
+    expect_true("needs_recovery" not in features, f"the journal needs recovery: {features}")
+    state = re.search(r"^Filesystem state:\s*(.*)$", header, re.M).group(1).strip()
+    expect_true(state == "clean", f"filesystem state {state!r}")
+    fsck = subprocess.run(["e2fsck", "-fn", data], capture_output=True, text=True)
+    expect_true(fsck.returncode == 0, f"e2fsck -fn: {fsck.returncode}\n{fsck.stdout}{fsck.stderr}")
+    # And the next boot finds it so too.
+    vm = lab.boot(initrd=initrd, disks=(base, data))
+    vm.expect_line(r"HELD \d+", timeout=90)
+    vm.expect("reboot: Power down", timeout=40)
+    vm.wait_exit(10)
+    expect_true("recovery complete" not in vm.text and "orphan cleanup" not in vm.text,
+                "the second boot replayed the journal")
 
 
 # --- never brick ----------------------------------------------------------------------------------

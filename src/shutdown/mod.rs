@@ -1,8 +1,10 @@
 //! The end of the system: after the supervisor has stopped the services and the remaining
 //! processes, flush and unmount the filesystems and hand over to the kernel.
 //!
-//! Unmounting goes in reverse mount order so that nested mounts come off first; a filesystem
-//! that is still busy is remounted read-only instead, which is what protects its journal. The
+//! Unmounting goes in reverse mount order so that nested mounts come off first. Each
+//! filesystem is remounted read-only before its mount point is unmounted: an unmount only
+//! detaches one mount, and a filesystem still used through another (the data partition that
+//! is the upper layer of an overlay root) would stay writable with its journal dirty. The
 //! kernel's own filesystems (proc, sysfs, devtmpfs, ...) hold no data and are left alone,
 //! because the last log lines still need /dev.
 
@@ -169,15 +171,17 @@ fn unescape(field: &str) -> String {
 
 fn unmount_all(mounts: &[Mount]) {
     for m in mounts {
+        // Regression: the data partition under an overlay root was unmounted here and left
+        // writable (the overlay keeps its own reference), so every boot replayed its journal.
+        remount_read_only(&m.target);
         if m.target == Path::new("/") {
-            remount_read_only(&m.target);
             continue;
         }
         match umount2(&m.target, MntFlags::empty()) {
             Ok(()) => log::debug!("unmounted {}", m.target.display()),
-            // Still in use (a process in D state, a lazy reference): read-only is what keeps
-            // the data safe.
-            Err(Errno::EBUSY) => remount_read_only(&m.target),
+            // Still in use (a process in D state, a lazy reference): it is read-only already,
+            // which is what keeps the data safe.
+            Err(Errno::EBUSY) => log::debug!("{} busy, left mounted read-only", m.target.display()),
             // Already gone with a parent that was unmounted first.
             Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
             Err(e) => log::warn!("umount {}: {} ({e:?})", m.target.display(), e.desc()),
