@@ -508,3 +508,50 @@ fn container_without_an_image_runs_over_the_host_root_read_only() {
     run.assert_has("]: wrote=changed");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "host\n");
 }
+
+#[test]
+fn container_init_reaps_orphans_and_passes_on_how_the_service_ended() {
+    let dir = tmp("init");
+    busybox_image(&dir, "bb");
+    // An orphan that exits at once, under a main program that never waits for anything.
+    let orphaning = "(/bin/busybox sleep 0.1 &); echo pid=$$; exec /bin/busybox sleep 1000";
+    let stop = "";
+    let reaper = format!("{}init = true\n", boxed("bb", orphaning, stop));
+    let plain = boxed("bb", orphaning, stop);
+    let never = "restart = \"never\"\n";
+    let coded = format!("{}init = true\n", boxed("bb", "exit 3", never));
+    let killed = format!("{}init = true\n", boxed("bb", "kill -KILL $$", never));
+    let b = start_in(
+        "init",
+        &dir.join("config"),
+        &format!(
+            "image_store = \"{}\"\ncontainer_state = \"{}\"\n",
+            dir.join("images").display(),
+            dir.join("state").display()
+        ),
+        &[("reaper", &reaper), ("plain", &plain), ("coded", &coded), ("killed", &killed)],
+        false,
+    );
+    let limit = Duration::from_secs(30);
+    b.wait_for("service reaper: running under its container's init", limit);
+    b.wait_for("service coded: exited with status 3", limit);
+    b.wait_for("service killed: killed by signal SIGKILL", limit);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Under brig's init the service is PID 2 and its orphan is gone; as PID 1 itself, a
+    // program that never waits keeps the zombie (which is what init is for).
+    let log = b.log();
+    assert!(log.contains("reaper[") && log.contains("]: pid=2"), "{log}");
+    let (pids, zombies) = b.service_procs("reaper");
+    assert_eq!((pids.len(), zombies), (2, 0), "init and sleep, no zombie: {pids:?}");
+    let (pids, zombies) = b.service_procs("plain");
+    assert_eq!((pids.len(), zombies), (1, 1), "sleep as PID 1 keeps its zombie: {pids:?}");
+    // SIGTERM reaches the service itself, which is not a namespace init any more: no wait
+    // for stop_timeout.
+    let (code, out, err) = b.client(&["stop", "reaper"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let log = b.log();
+    assert!(!log.contains("service reaper: did not stop within"), "{log}");
+    assert!(log.contains("service reaper: stopped (killed by signal SIGTERM)"), "{log}");
+    b.client(&["poweroff"]);
+    b.wait(limit);
+}

@@ -448,6 +448,9 @@ pub struct Container {
     pub bridge: Option<BridgeNet>,
     /// Run in a user namespace with these id maps: root inside is an unprivileged id outside.
     pub user_namespace: Option<UserNamespace>,
+    /// brig's own init is PID 1 of the container and reaps its orphans; the service runs
+    /// as its child (PID 2).
+    pub init: bool,
 }
 
 /// One range of an id map: ids `inside .. inside + count` in the container are
@@ -526,6 +529,8 @@ pub fn parse_id_map(field: &str, text: &str) -> Result<IdMap, String> {
 struct RawContainer {
     image: Option<ImageName>,
     #[serde(default)]
+    init: bool,
+    #[serde(default)]
     upper: Upper,
     hostname: Option<Hostname>,
     #[serde(default)]
@@ -560,6 +565,7 @@ impl<'de> Deserialize<'de> for ContainerFile {
         Ok(ContainerFile(Container {
             // Without an image, the host's own root is the read-only base.
             image: raw.image.map_or_else(|| "/".to_string(), |i| i.0),
+            init: raw.init,
             upper: raw.upper,
             hostname: raw.hostname.map(|h| h.0),
             network: raw.network,

@@ -494,6 +494,8 @@ impl Supervisor {
         self.drain(i, Some(Pipe::Status));
         let unit = &mut self.units[i];
         unit.pid = None;
+        // Under a container's init, the service's own end, not the init's echo of it.
+        let exit = unit.init_exit.take().unwrap_or(exit);
         let exit = match unit.exec_error {
             Some((step, errno)) => Exit::Setup(step, errno),
             None => unit.name_exit(exit),
@@ -578,6 +580,22 @@ impl Supervisor {
                 }
                 Some(spawn::Step::PivotRoot) => {
                     log::debug!("service {name}: container root entered with pivot_root")
+                }
+                // From the container's init: the exec happened, later how the service ended.
+                Some(spawn::Step::Running) => {
+                    if !failed && unit.state == State::Starting {
+                        let pid = unit.pid.map_or(0, Pid::as_raw);
+                        log::info!(
+                            "service {name}: running under its container's init (pid {pid})"
+                        );
+                        unit.set(State::Running);
+                    }
+                }
+                Some(spawn::Step::ServiceExited) => {
+                    unit.init_exit = Some(Exit::Code(r.detail as i32));
+                }
+                Some(spawn::Step::ServiceKilled) => {
+                    unit.init_exit = Signal::try_from(r.detail as i32).ok().map(Exit::Signal);
                 }
                 Some(spawn::Step::Exec) | None => {
                     let path = &unit.svc.exec[0];

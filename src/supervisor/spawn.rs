@@ -52,6 +52,16 @@ pub enum Step {
     PivotRoot = 20,
     /// Not a failure: pivot_root was impossible (initramfs root); move-mount + chroot used.
     MoveChroot = 21,
+    /// The container's init (`[container] init`) could not fork the service.
+    Init = 15,
+    /// Not a failure: under the container's init, the service has exec'd (the status pipe
+    /// stays open for the records below).
+    Running = 22,
+    /// Not a failure: the service under the container's init exited; `detail` is its code.
+    ServiceExited = 23,
+    /// Not a failure: the service under the container's init was killed; `detail` is the
+    /// signal.
+    ServiceKilled = 24,
 }
 
 const STEPS: &[Step] = &[
@@ -71,6 +81,10 @@ const STEPS: &[Step] = &[
     Step::Seccomp,
     Step::PivotRoot,
     Step::MoveChroot,
+    Step::Init,
+    Step::Running,
+    Step::ServiceExited,
+    Step::ServiceKilled,
 ];
 
 impl Step {
@@ -96,12 +110,23 @@ impl Step {
             Step::Seccomp => "install the seccomp filter",
             Step::PivotRoot => "pivot_root",
             Step::MoveChroot => "move-mount + chroot",
+            Step::Init => "fork the service under the container's init",
+            Step::Running => "exec under the container's init",
+            Step::ServiceExited => "exit under the container's init",
+            Step::ServiceKilled => "death by a signal under the container's init",
         }
     }
 
     /// Whether this record only informs (the exec may still follow).
     pub fn is_note(self) -> bool {
-        matches!(self, Step::PivotRoot | Step::MoveChroot)
+        matches!(
+            self,
+            Step::PivotRoot
+                | Step::MoveChroot
+                | Step::Running
+                | Step::ServiceExited
+                | Step::ServiceKilled
+        )
     }
 }
 
@@ -169,6 +194,8 @@ struct Prepared {
     /// The highest capability number this kernel knows.
     last_cap: u32,
     no_new_privs: bool,
+    /// Run a reaping init as PID 1 of the container, with the service as its child.
+    init: bool,
     /// Compiled here, so the child only calls seccomp(2).
     seccomp: Option<crate::seccomp::Program>,
     plan: Option<Plan>,
@@ -404,6 +431,7 @@ fn prepare(svc: &Service, accounts: Option<&Path>) -> Result<Prepared, SpawnErro
         caps: svc.capabilities.map(|c| c.0),
         last_cap,
         no_new_privs: svc.no_new_privs,
+        init: svc.container.as_ref().is_some_and(|c| c.init),
         plan: None,
         cgroup_procs: None,
         path: argv[0].clone(),
@@ -651,6 +679,10 @@ fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd
         fail(status, Step::Workdir, e, 0);
     }
     close_inherited_descriptors();
+    if p.init {
+        // Returns in the service; the init stays behind as PID 1 of the container.
+        become_init(status);
+    }
     // Last, so the filter never sees brig's own setup; an allow list includes what is left:
     // execve, and write + exit_group for a failed exec (IMPLICIT_ALLOW in src/seccomp.rs).
     if let Some(filter) = &p.seccomp {
@@ -663,6 +695,74 @@ fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd
         Ok(never) => match never {},
     };
     fail(status, Step::Exec, e, 0)
+}
+
+/// `[container] init`: forks the service, then stays as PID 1 of the container's PID
+/// namespace, reaping every orphan there until the service ends, and reports on the status
+/// pipe when the service has exec'd and how it ended (its exit code or signal, which PID 1
+/// of a namespace cannot pass on by dying the same way). Signals need no forwarding: brig
+/// signals every process of the service's cgroup, and this init ignores those it has no
+/// handler for, as any namespace init does. Returns only in the service.
+fn become_init(status: RawFd) {
+    let mut exec_pipe = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two descriptors into the array.
+    if unsafe { libc::pipe2(exec_pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        fail(status, Step::Init, Errno::last(), 0);
+    }
+    let [exec_read, exec_write] = exec_pipe;
+    let service = match clone_legacy(0) {
+        Ok(Cloned::Child { .. }) => {
+            // SAFETY: closing a descriptor this process owns; the write end closes at exec.
+            unsafe { libc::close(exec_read) };
+            return;
+        }
+        Ok(Cloned::Parent(pid)) => pid.as_raw(),
+        Err(e) => fail(status, Step::Init, e, 0),
+    };
+    // SAFETY: closing the service's end in this process.
+    unsafe { libc::close(exec_write) };
+    // End-of-file once the service has exec'd (or died before: its failure record is on the
+    // status pipe already, and brig reads that first).
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reading one byte into a stack variable.
+        let n = unsafe { libc::read(exec_read, (&mut byte as *mut u8).cast(), 1) };
+        if n >= 0 || Errno::last() != Errno::EINTR {
+            break;
+        }
+    }
+    // SAFETY: closing a descriptor this process owns.
+    unsafe { libc::close(exec_read) };
+    note(status, Step::Running);
+    loop {
+        let mut wstatus: libc::c_int = 0;
+        // SAFETY: waitpid writes the status into a stack variable.
+        let pid = unsafe { libc::waitpid(-1, &mut wstatus, 0) };
+        if pid < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
+            }
+            // SAFETY: leaving without the parent's destructors, as `fail` does.
+            unsafe { libc::_exit(127) };
+        }
+        if pid != service {
+            continue; // an orphan, reaped
+        }
+        let (step, value, code) = if libc::WIFEXITED(wstatus) {
+            let c = libc::WEXITSTATUS(wstatus);
+            (Step::ServiceExited, c, c)
+        } else {
+            let sig = libc::WTERMSIG(wstatus);
+            (Step::ServiceKilled, sig, 128 + sig)
+        };
+        let msg = record(step, 0, value as u32);
+        // SAFETY: writing a stack buffer to the status pipe, then leaving as `fail` does; the
+        // kernel ends whatever is left in the namespace.
+        unsafe {
+            libc::write(status, msg.as_ptr().cast(), msg.len());
+            libc::_exit(code)
+        }
+    }
 }
 
 /// Removes every capability not in `keep` from the bounding set, so no exec can regain it.

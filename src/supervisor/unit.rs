@@ -108,6 +108,8 @@ pub struct Unit {
     pub oom_counters: OomCounters,
     /// The move-mount + chroot fallback of its container root has been logged.
     pub switch_reported: bool,
+    /// How the service ended, as its container's init reported it.
+    pub init_exit: Option<Exit>,
     /// The main process ended with this; waiting for the rest of the cgroup to go.
     /// The main process ended with this exit and the rest of the group was sent the stop
     /// signal; SIGKILL follows at the instant, if they are still there.
@@ -142,6 +144,7 @@ impl Unit {
             group: None,
             oom_counters: OomCounters::default(),
             switch_reported: false,
+            init_exit: None,
             draining: None,
             output_pid: 0,
             labels: Vec::new(),

@@ -168,6 +168,25 @@ impl Booted {
         Duration::from_micros(usec.trim().parse().unwrap())
     }
 
+    /// The pids in service `name`'s cgroup and the zombies among their children (zombies
+    /// have left the cgroup already, so they are found through their parents).
+    pub fn service_procs(&self, name: &str) -> (Vec<u32>, usize) {
+        let group = self.cgroup.as_ref().unwrap().dir.join("services").join(name);
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<u32> = procs.lines().filter_map(|p| p.trim().parse().ok()).collect();
+        let state = |pid: &str| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next())
+        };
+        let zombies = pids
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).ok())
+            .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .filter(|child| state(child) == Some('Z'))
+            .count();
+        (pids, zombies)
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
