@@ -165,17 +165,29 @@ fn root_problems(
         None => root.to_path_buf(),
     };
     if let Some(c) = svc.container.as_ref().filter(|_| !base.is_dir()) {
-        // A squashfs image cannot be looked into without mounting it.
-        let squashfs = base.with_extension("squashfs");
-        if squashfs.is_file() || base.is_file() {
+        // A squashfs image cannot be looked into without mounting it. Found where the start
+        // looks: a name as NAME.squashfs in the store (the name may hold dots), an absolute
+        // path as the file itself.
+        let squashfs = if c.image.starts_with('/') {
+            base.clone()
+        } else {
+            let mut file = base.clone().into_os_string();
+            file.push(".squashfs");
+            PathBuf::from(file)
+        };
+        if squashfs.is_file() {
             return Vec::new();
         }
-        let message = format!(
-            "container.image: image {:?} not found: no directory {} and no file {}",
-            c.image,
-            base.display(),
-            squashfs.display()
-        );
+        let message = if c.image.starts_with('/') {
+            format!("container.image: image {:?} not found: no such directory or file", c.image)
+        } else {
+            format!(
+                "container.image: image {:?} not found: no directory {} and no file {}",
+                c.image,
+                base.display(),
+                squashfs.display()
+            )
+        };
         return vec![config::diagnostic_at_key(&svc.file, "container", message)];
     }
     let mut out = Vec::new();
@@ -274,6 +286,13 @@ mod tests {
             &format!("{services}/dns2.toml"),
             "exec = [\"/usr/sbin/dnsmasq\"]\nuser = \"www\"\n[container]\nimage = \"dns\"\n",
         );
+        // A squashfs image whose name holds a dot.
+        write(&root, "var/lib/brig/images/dns-2.90.squashfs", "hsqs");
+        write(
+            &root,
+            &format!("{services}/packed.toml"),
+            "exec = [\"/usr/sbin/dnsmasq\"]\n[container]\nimage = \"dns-2.90\"\n",
+        );
         write(
             &root,
             &format!("{services}/lost.toml"),
@@ -313,6 +332,7 @@ mod tests {
         assert_eq!(dns2.len(), 1, "{dns2:?}");
         assert!(dns2[0]
             .ends_with(&format!("user: \"www\" is not in {}/{image}/etc/passwd", root.display())));
+        assert_eq!(problems("packed"), Vec::<String>::new());
         // A missing image is named as such, not as a missing program inside it.
         let lost = problems("lost");
         assert_eq!(lost.len(), 1, "{lost:?}");

@@ -555,3 +555,38 @@ fn container_init_reaps_orphans_and_passes_on_how_the_service_ended() {
     b.client(&["poweroff"]);
     b.wait(limit);
 }
+
+#[test]
+fn read_only_bind_volume_is_read_only_in_every_mount_below_it_and_dev_volumes_stay_visible() {
+    let dir = tmp("robind");
+    busybox_image(&dir, "bb");
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    // A mount under the volume's source, made in brig's own mount namespace.
+    let prep = format!(
+        "exec = [\"/bin/sh\", \"-c\", \"mount -t tmpfs t {}\"]\ntype = \"oneshot\"\n",
+        src.join("sub").display()
+    );
+    let script = "(echo x > /h/top) 2>/dev/null && echo top=rw || echo top=ro; \
+        (echo x > /h/sub/f) 2>/dev/null && echo sub=rw || echo sub=ro; \
+        (echo x > /dev/data/f) 2>/dev/null && echo devdata=rw || echo devdata=missing; \
+        exec /bin/busybox sleep 1000";
+    let svc = format!(
+        "{}volumes = [{{ target = \"/h\", bind = \"{}\", read_only = true }}, \
+         {{ target = \"/dev/data\", tmpfs = \"64K\" }}]\n",
+        boxed("bb", script, "requires = [\"prep\"]\n"),
+        src.display()
+    );
+    let run = boot(
+        "robind",
+        &dir,
+        "",
+        &[("prep", &prep), ("ro", &svc), ("probe", &probe("1", "kill -USR2 1"))],
+        false,
+    );
+    run.assert_has("]: top=ro");
+    // Regression: the remount made only the top mount read-only.
+    run.assert_has("]: sub=ro");
+    // Regression: /dev was mounted after the volumes and covered this one.
+    run.assert_has("]: devdata=rw");
+}

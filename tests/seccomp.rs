@@ -121,13 +121,18 @@ fn seccomp_filter_holds_inside_a_container_that_could_otherwise_make_the_call() 
 /// A filter for brig and everything it starts that answers clone3 with ENOSYS, as a kernel
 /// before 5.3 does (or a sandbox whose seccomp profile hides clone3).
 fn without_clone3() -> seccompiler::BpfProgram {
+    without(&[libc::SYS_clone3])
+}
+
+/// A filter that answers `calls` with ENOSYS, as an older kernel would.
+fn without(calls: &[i64]) -> seccompiler::BpfProgram {
     use seccompiler::{SeccompAction, SeccompFilter, SeccompRule};
     let arch = if cfg!(target_arch = "x86_64") {
         seccompiler::TargetArch::x86_64
     } else {
         seccompiler::TargetArch::aarch64
     };
-    let rules = [(libc::SYS_clone3, Vec::<SeccompRule>::new())].into_iter().collect();
+    let rules = calls.iter().map(|&c| (c, Vec::<SeccompRule>::new())).collect();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -171,6 +176,40 @@ fn services_and_containers_start_with_clone_where_the_kernel_has_no_clone3() {
     // Still placed in its own group before it ran anything.
     let cgroup = log.lines().find_map(|l| l.split("]: plain-cgroup=").nth(1)).unwrap();
     assert!(cgroup.trim().ends_with("/services/plain"), "{cgroup}");
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}
+
+#[test]
+fn without_close_range_services_still_inherit_no_descriptor_of_pid1() {
+    // Plenty of descriptors in PID 1: several services, each with its pipes.
+    let fds = "exec = [\"/bin/sh\", \"-c\", \"echo fds=$(ls /proc/self/fd | tr '\\\\n' ' '); \
+               exec sleep 1000\"]\n";
+    let services: Vec<(String, &str)> = (0..5).map(|i| (format!("s{i}"), fds)).collect();
+    let services: Vec<(&str, &str)> = services.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    let filter = without(&[libc::SYS_close_range]);
+    let b = common::start_with(
+        "seccomp-noclose-range",
+        &common::scratch("seccomp-noclose-range"),
+        "",
+        &services,
+        false,
+        move || seccompiler::apply_filter(&filter).map_err(std::io::Error::other),
+    );
+    b.wait_for("system ready", LIMIT);
+    for i in 0..5 {
+        b.wait_for(&format!("s{i}["), LIMIT);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = b.log();
+    assert_eq!(log.matches("close_range: not in this kernel").count(), 1, "{log}");
+    // 0, 1, 2 and the directory ls reads: nothing of brig's.
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("]: fds=")).collect();
+    assert_eq!(lines.len(), 5, "{log}");
+    for line in lines {
+        let fds = line.split("fds=").nth(1).unwrap().split_whitespace().count();
+        assert_eq!(fds, 4, "{line}");
+    }
     b.client(&["poweroff"]);
     b.wait(LIMIT);
 }

@@ -230,7 +230,7 @@ impl Group {
         // The root group has no memory.events: the walk ends there, or where an ancestor's
         // parent does not give it the memory controller.
         while let Some(d) = dir.filter(|_| ooms.len() < MAX_OOM_DEPTH) {
-            let Some(oom) = read_key(&d.join("memory.events"), "oom") else { break };
+            let Some(oom) = local_ooms(d) else { break };
             ooms.push((d.to_path_buf(), oom));
             dir = d.parent();
         }
@@ -244,11 +244,11 @@ impl Group {
         if kills == 0 {
             return None;
         }
-        // memory.events counts up the tree: the group whose limit was hit and every ancestor
-        // of it see `oom` rise, so the nearest group that saw it is the one with the limit.
-        let hit = before.ooms.iter().position(|(dir, was)| {
-            read_key(&dir.join("memory.events"), "oom").is_some_and(|now| now > *was)
-        });
+        // The local counters rise only in the group whose own limit was hit (a sibling that
+        // hit its own memory.max leaves the parent's alone); where the kernel has only the
+        // hierarchical ones, every ancestor rises too, and the nearest is the one.
+        let hit =
+            before.ooms.iter().position(|(dir, was)| local_ooms(dir).is_some_and(|now| now > *was));
         let (scope, limit) = match hit {
             Some(0) => (OomScope::Own, Some(self.dir.clone())),
             Some(n) => (OomScope::Enclosing, before.ooms.get(n).map(|(d, _)| d.clone())),
@@ -307,6 +307,13 @@ impl Group {
             Err(e) => log::debug!("rmdir {}: {e}", self.dir.display()),
         }
     }
+}
+
+/// The `oom` counter of a group alone (memory.events.local, Linux 5.2), else the
+/// hierarchical one of memory.events.
+fn local_ooms(dir: &Path) -> Option<u64> {
+    read_key(&dir.join("memory.events.local"), "oom")
+        .or_else(|| read_key(&dir.join("memory.events"), "oom"))
 }
 
 /// The value of `key` in a flat-keyed cgroup file such as cgroup.events.
@@ -457,6 +464,22 @@ mod tests {
         events(&group.dir, 1, 2);
         let system = group.oom_since(&before).unwrap();
         assert_eq!((system.kills, system.scope, system.limit), (1, OomScope::System, None));
+
+        // With local counters: a sibling's own OOM raised the parent's hierarchical `oom`
+        // only; a later system-wide kill here is not blamed on the parent.
+        let local = |dir: &Path, oom: u64| {
+            fs::write(dir.join("memory.events.local"), format!("oom {oom}\noom_kill 0\n")).unwrap()
+        };
+        local(&parent, 0);
+        local(&group.dir, 0);
+        events(&parent, 4, 4);
+        events(&group.dir, 1, 1);
+        let before = group.oom_counters();
+        events(&parent, 9, 9);
+        events(&group.dir, 1, 2);
+        assert_eq!(group.oom_since(&before).unwrap().scope, OomScope::System);
+        local(&parent, 1);
+        assert_eq!(group.oom_since(&before).unwrap().scope, OomScope::Enclosing);
         fs::remove_dir_all(top).unwrap();
     }
 

@@ -654,18 +654,24 @@ impl<'de> Deserialize<'de> for ImageName {
     }
 }
 
-struct Hostname(String);
+/// A host name sethostname(2) takes and that reads as one: 1 to 64 letters, digits, '-', '.'.
+pub(super) struct Hostname(pub(super) String);
+
+pub(super) fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+}
 
 impl<'de> Deserialize<'de> for Hostname {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
-        if ok {
+        if valid_hostname(&s) {
             return Ok(Hostname(s));
         }
-        Err(de::Error::custom(format!("container.hostname: {s:?} is not a host name")))
+        Err(de::Error::custom(format!(
+            "{s:?} is not a host name (1 to 64 letters, digits, '-' and '.')"
+        )))
     }
 }
 
@@ -685,9 +691,12 @@ impl<'de> Deserialize<'de> for VolumeFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = RawVolume::deserialize(d)?;
         let abs = |p: &str| p.starts_with('/') && !p.split('/').any(|c| c == "..");
-        if !abs(&raw.target) || raw.target == "/" {
+        // Every component a plain name: "/." or "//" would be the root itself.
+        let plain = raw.target.split('/').skip(1).all(|c| !c.is_empty() && c != ".");
+        if !abs(&raw.target) || !plain {
             return Err(de::Error::custom(format!(
-                "container.volumes: target {:?} must be an absolute path below /",
+                "container.volumes: target {:?} must be an absolute path below / (no empty, \
+                 \".\" or \"..\" components)",
                 raw.target
             )));
         }

@@ -82,7 +82,7 @@ impl Diagnostic {
 /// A diagnostic about top-level `key` of a file that loaded (for checks made afterwards, such
 /// as `brig check --root`), placed at the key's value when the file still reads.
 pub fn diagnostic_at_key(file: &Path, key: &str, message: String) -> Diagnostic {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let text = read_file(file).unwrap_or_default();
     // IgnoredAny: only the span is wanted; decoding the values as `toml::Value` would bring
     // toml's whole Value decoder into the binary for it.
     type Keys = std::collections::BTreeMap<String, toml::Spanned<serde::de::IgnoredAny>>;
@@ -128,7 +128,7 @@ pub fn load(dir: &Path) -> Tree {
 }
 
 fn load_system(path: &Path, tree: &mut Tree) {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_file(path) {
         Ok(text) => text,
         // No system.toml at all is a normal, minimal setup.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return,
@@ -179,7 +179,7 @@ fn load_service(
         tree.diagnostics.push(Diagnostic::new(path, "", None, message));
         return;
     }
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_file(path) {
         Ok(text) => text,
         Err(e) => {
             tree.diagnostics.push(Diagnostic::io(path, "cannot read", &e));
@@ -238,6 +238,30 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     }
 }
 
+/// The largest config file brig reads: far above any real one, far below harm to PID 1.
+const MAX_FILE: u64 = 1 << 20;
+
+/// Reads a config file: a regular file only (a FIFO would block PID 1 in open or read, a
+/// link to /dev/zero would never end), opened without blocking, at most MAX_FILE bytes.
+fn read_file(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "larger than 1 MiB"));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -280,6 +304,24 @@ mod tests {
         // Already named: left alone.
         let named = "memory_max: too large".to_string();
         assert_eq!(Diagnostic::decoding(file, text, span, named.clone()).message, named);
+    }
+
+    #[test]
+    fn fifos_and_devices_in_the_config_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("brig-cfg-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("services")).unwrap();
+        let fifo = dir.join("services/f.toml");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a live C string.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink("/dev/zero", dir.join("services/z.toml")).unwrap();
+        std::fs::write(dir.join("services/ok.toml"), "exec = [\"/bin/true\"]\n").unwrap();
+        // Regression: this load blocked in open(2) on the FIFO until someone wrote to it.
+        let tree = load(&dir);
+        let errors: Vec<String> = tree.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(tree.services.len(), 1, "{errors:?}");
+        assert_eq!(errors.iter().filter(|e| e.contains("not a regular file")).count(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -469,9 +469,12 @@ impl<'de> Deserialize<'de> for Ident {
                 Ok(Ident::Name(v.to_string()))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ident, E> {
+                // u32::MAX is (uid_t)-1, which setuid and setgid take as "no change".
                 u32::try_from(v)
+                    .ok()
+                    .filter(|&id| id != u32::MAX)
                     .map(Ident::Id)
-                    .map_err(|_| E::custom(format!("{v} is not a valid user or group id")))
+                    .ok_or_else(|| E::custom(format!("{v} is not a valid user or group id")))
             }
         }
         d.deserialize_any(IdentVisitor)
@@ -603,6 +606,8 @@ mod tests {
             Some(Ident::Name("www".into()))
         );
         assert_eq!(parse_ok("exec = [\"/x\"]\nuser = 33\n").user, Some(Ident::Id(33)));
+        let e = parse_err("exec = [\"/x\"]\nuser = 4294967295\n");
+        assert!(e.message.contains("not a valid user or group id"), "{e:?}");
         assert!(parse_err("exec = [\"/x\"]\nuser = -1\n").message.contains("not a valid"));
     }
 
@@ -702,6 +707,12 @@ mod tests {
             "exec = [\"/x\"]\n[container]\nvolumes = [{ target = \"/t\", tmpfs = \"0K\" }]\n",
         );
         assert!(e.message.contains("not a size above 0"), "{e:?}");
+        for target in ["/", "/.", "//", "/a//b", "/a/./b", "/a/../b", "/a/"] {
+            let e = parse_err(&format!(
+                "exec = [\"/x\"]\n[container]\nvolumes = [{{ target = \"{target}\", tmpfs = \"1M\" }}]\n"
+            ));
+            assert!(e.message.contains("must be an absolute path below /"), "{target}: {e:?}");
+        }
     }
 
     #[test]

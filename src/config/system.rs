@@ -140,7 +140,7 @@ impl Default for System {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SystemFile {
-    hostname: Option<String>,
+    hostname: Option<super::isolation::Hostname>,
     modules: Option<Vec<String>>,
     log_level: Option<LogLevel>,
     shutdown_grace: Option<Dur>,
@@ -286,7 +286,7 @@ pub fn parse(text: &str) -> Result<System, FileError> {
         storage,
         boot,
         log_buffer,
-        hostname: file.hostname.unwrap_or(defaults.hostname),
+        hostname: file.hostname.map_or(defaults.hostname, |h| h.0),
         modules: file.modules.unwrap_or_default(),
         log_level: file.log_level.unwrap_or(defaults.log_level),
         shutdown_grace: file.shutdown_grace.map_or(defaults.shutdown_grace, |d| d.0),
@@ -296,6 +296,15 @@ pub fn parse(text: &str) -> Result<System, FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostname_is_checked_when_read_not_when_sethostname_fails() {
+        for bad in ["a b/c", "", &"x".repeat(65)] {
+            let e = parse(&format!("hostname = \"{bad}\"\n")).unwrap_err();
+            assert!(e.message.contains("is not a host name"), "{bad:?}: {e:?}");
+        }
+        assert_eq!(parse("hostname = \"gw-1.lan\"\n").unwrap().hostname, "gw-1.lan");
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -78,6 +78,14 @@ pub enum Op {
         target: CString,
         link: CString,
     },
+    /// A recursive bind of `source` on `target`, every mount of it read-only
+    /// (mount_setattr, Linux 5.12); before 5.12 a bind of the top mount alone, read-only, so
+    /// nothing under it is writable either way. `optional`: ENOENT is fine.
+    BindReadOnly {
+        source: CString,
+        target: CString,
+        optional: bool,
+    },
     Hostname(CString),
     LoopbackUp,
     /// chdir into the new root and switch to it (pivot_root, or move-mount + chroot).
@@ -416,6 +424,11 @@ fn run_op(op: &Op, scratch: &mut Scratch) -> Result<Option<Switch>, Errno> {
                 Err(e) => Err(e),
             }
         }
+        Op::BindReadOnly { source, target, optional } => match bind_read_only(source, target) {
+            Ok(()) => Ok(None),
+            Err(Errno::ENOENT) if *optional => Ok(None),
+            Err(e) => Err(e),
+        },
         Op::Symlink { target, link } => {
             match nix::unistd::symlinkat(target.as_c_str(), None, link.as_c_str()) {
                 Ok(()) | Err(Errno::EEXIST) => Ok(None),
@@ -436,6 +449,54 @@ fn run_op(op: &Op, scratch: &mut Scratch) -> Result<Option<Switch>, Errno> {
         }
         Op::SwitchRoot(root) => switch_root(root).map(Some),
     }
+}
+
+/// struct mount_attr of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// See [`Op::BindReadOnly`].
+fn bind_read_only(source: &CString, target: &CString) -> Result<(), Errno> {
+    let bind = |flags: MsFlags| {
+        nix::mount::mount(
+            Some(source.as_c_str()),
+            target.as_c_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+    };
+    bind(MsFlags::MS_BIND | MsFlags::MS_REC)?;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: mount_setattr reads a C string and a struct that live for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = Errno::last();
+    if e != Errno::ENOSYS {
+        return Err(e);
+    }
+    // Before 5.12: the top mount only, so no submount is reachable, writable or not.
+    nix::mount::umount2(target.as_c_str(), MntFlags::MNT_DETACH)?;
+    bind(MsFlags::MS_BIND)?;
+    bind(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)
 }
 
 /// pivot_root(".", ".") into `root`, or where that is impossible (the host root is the

@@ -88,6 +88,15 @@ impl Builder {
     }
 
     fn bind(&mut self, source: &Path, target: &Path, read_only: bool, optional: bool) {
+        if read_only {
+            // Recursive and read-only all the way down: a read-only remount changes the top
+            // mount only, and left the mounts under the source writable.
+            self.push(
+                format!("bind {} read-only on {}", source.display(), target.display()),
+                Op::BindReadOnly { source: cpath(source), target: cpath(target), optional },
+            );
+            return;
+        }
         self.mount(
             "bind",
             Some(source),
@@ -97,9 +106,6 @@ impl Builder {
             None,
             optional,
         );
-        if read_only {
-            self.remount_read_only(target, optional);
-        }
     }
 
     /// A read-only bind remount: changes this mount only, keeping nosuid/nodev/noexec.
@@ -181,26 +187,6 @@ pub fn plan(
     );
     b.mount("", None, &root, Some("overlay"), MsFlags::empty(), Some(options), false);
 
-    // Volumes, before the root may become read-only (their mount points live in the upper).
-    for v in &c.volumes {
-        let target = root.join(v.target().trim_start_matches('/'));
-        b.mkdir_p(&root, v.target());
-        match v {
-            Volume::Bind { source, read_only, .. } => {
-                b.bind(Path::new(source), &target, *read_only, false)
-            }
-            Volume::Tmpfs { size, .. } => b.mount(
-                "",
-                None,
-                &target,
-                Some("tmpfs"),
-                nosuid_nodev,
-                Some(format!("size={size},mode=1777")),
-                false,
-            ),
-        }
-    }
-
     // /proc of the new PID namespace, with the host-revealing files masked.
     let proc = root.join("proc");
     b.mkdir_p(&root, "/proc");
@@ -261,6 +247,28 @@ pub fn plan(
             format!("symlink {}", link.display()),
             Op::Symlink { target: cs(target), link: cpath(&link) },
         );
+    }
+
+    // Volumes after /proc, /sys and /dev, which would cover one mounted below them (a
+    // device directory bound into /dev), and before the root may become read-only (their
+    // mount points live in the upper).
+    for v in &c.volumes {
+        let target = root.join(v.target().trim_start_matches('/'));
+        b.mkdir_p(&root, v.target());
+        match v {
+            Volume::Bind { source, read_only, .. } => {
+                b.bind(Path::new(source), &target, *read_only, false)
+            }
+            Volume::Tmpfs { size, .. } => b.mount(
+                "",
+                None,
+                &target,
+                Some("tmpfs"),
+                nosuid_nodev,
+                Some(format!("size={size},mode=1777")),
+                false,
+            ),
+        }
     }
 
     if c.read_only {
@@ -354,14 +362,16 @@ mod tests {
             "read_only = true\nnetwork = \"none\"\nhostname = \"w1\"\nvolumes = [{ target = \"/srv/data\", bind = \"/var/web\", read_only = true }, { target = \"/tmp\", tmpfs = \"1M\" }]\n",
             None,
         );
-        let bind = position(&p, "bind /var/web on /run/brig/containers/web/root/srv/data");
-        let ro_volume = position(&p, "remount read-only /run/brig/containers/web/root/srv/data");
+        let bind =
+            position(&p, "bind /var/web read-only on /run/brig/containers/web/root/srv/data");
         let tmpfs = position(&p, "mount tmpfs on /run/brig/containers/web/root/tmp");
         let ro_root = position(&p, "remount read-only /run/brig/containers/web/root");
+        let dev = position(&p, "mount tmpfs on /run/brig/containers/web/root/dev");
         assert!(position(&p, "mkdir /srv in the container root (no symlinks)") < bind);
-        assert!(bind < ro_volume && ro_volume < tmpfs && tmpfs < ro_root);
+        // After /dev (and /proc, /sys), which would otherwise cover a volume below them.
+        assert!(dev < bind && bind < tmpfs && tmpfs < ro_root);
         position(&p, "bind /dev/null on /run/brig/containers/web/root/proc/kcore");
-        position(&p, "remount read-only /run/brig/containers/web/root/proc/sys");
+        position(&p, "bind /run/brig/containers/web/root/proc/sys read-only on /run/brig/containers/web/root/proc/sys");
         position(&p, "mount sysfs on /run/brig/containers/web/root/sys");
         position(&p, "bind /dev/urandom on /run/brig/containers/web/root/dev/urandom");
         position(&p, "sethostname w1");

@@ -157,11 +157,34 @@ pub fn bypass_syslog() {
 /// Logs one line of a service's output with the service's name as tag. Returns false when
 /// the line was dropped (log full or rate limit hit), so the caller can count it.
 pub fn service_line(name: &str, pid: i32, line: &str) -> bool {
+    // A NUL would end the record early for syslogd, which reads what follows as a new
+    // message with a priority and tag of the service's choosing; escapes would reach the
+    // terminal of whoever reads `brig logs`. Control bytes are shown as \xNN.
+    let escaped;
+    let line = if line.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        escaped = escape_controls(line);
+        escaped.as_str()
+    } else {
+        line
+    };
     with_rings(|r| r.push(name, Some(pid), line));
     match SINK.lock() {
         Ok(mut sink) => sink.write(6, name, Some(pid), line, true),
         Err(_) => false,
     }
+}
+
+/// `line` with every control character but tab written as `\xNN`.
+fn escape_controls(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if (c < ' ' && c != '\t') || c == '\u{7f}' {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Severity numbers of RFC 3164 for the `log` levels.
@@ -279,6 +302,13 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_bytes_in_service_output_cannot_forge_a_syslog_record() {
+        let forged = "hello\0<10>sshd[1]: Accepted password for root";
+        assert_eq!(escape_controls(forged), "hello\\x00<10>sshd[1]: Accepted password for root");
+        assert_eq!(escape_controls("a\tb\x1b[2Jc\x7f"), "a\tb\\x1b[2Jc\\x7f");
+    }
 
     #[test]
     fn token_bucket_allows_a_burst_then_the_rate() {

@@ -591,6 +591,16 @@ impl Supervisor {
                         unit.set(State::Running);
                     }
                 }
+                Some(spawn::Step::NoCloseRange) => {
+                    static SAID: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        log::warn!(
+                            "close_range: not in this kernel (Linux 5.11 has it): services mark \
+                             inherited descriptors close-on-exec one at a time"
+                        );
+                    }
+                }
                 Some(spawn::Step::ServiceExited) => {
                     unit.init_exit = Some(Exit::Code(r.detail as i32));
                 }

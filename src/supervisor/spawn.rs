@@ -62,6 +62,8 @@ pub enum Step {
     /// Not a failure: the service under the container's init was killed; `detail` is the
     /// signal.
     ServiceKilled = 24,
+    /// Not a failure: the kernel has no close_range (Linux < 5.11), the slow way was taken.
+    NoCloseRange = 25,
 }
 
 const STEPS: &[Step] = &[
@@ -85,6 +87,7 @@ const STEPS: &[Step] = &[
     Step::Running,
     Step::ServiceExited,
     Step::ServiceKilled,
+    Step::NoCloseRange,
 ];
 
 impl Step {
@@ -114,6 +117,7 @@ impl Step {
             Step::Running => "exec under the container's init",
             Step::ServiceExited => "exit under the container's init",
             Step::ServiceKilled => "death by a signal under the container's init",
+            Step::NoCloseRange => "close_range",
         }
     }
 
@@ -126,6 +130,7 @@ impl Step {
                 | Step::Running
                 | Step::ServiceExited
                 | Step::ServiceKilled
+                | Step::NoCloseRange
         )
     }
 }
@@ -196,6 +201,8 @@ struct Prepared {
     no_new_privs: bool,
     /// Run a reaping init as PID 1 of the container, with the service as its child.
     init: bool,
+    /// PID 1's soft open-file limit: no descriptor of it is at or above this.
+    fd_limit: i32,
     /// Compiled here, so the child only calls seccomp(2).
     seccomp: Option<crate::seccomp::Program>,
     plan: Option<Plan>,
@@ -432,6 +439,8 @@ fn prepare(svc: &Service, accounts: Option<&Path>) -> Result<Prepared, SpawnErro
         last_cap,
         no_new_privs: svc.no_new_privs,
         init: svc.container.as_ref().is_some_and(|c| c.init),
+        fd_limit: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft.min(1 << 20) as i32),
         plan: None,
         cgroup_procs: None,
         path: argv[0].clone(),
@@ -678,7 +687,7 @@ fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd
     if let Err(e) = nix::unistd::chdir(p.workdir.as_c_str()) {
         fail(status, Step::Workdir, e, 0);
     }
-    close_inherited_descriptors();
+    close_inherited_descriptors(status, p.fd_limit);
     if p.init {
         // Returns in the service; the init stays behind as PID 1 of the container.
         become_init(status);
@@ -856,15 +865,17 @@ fn reset_signals() {
 
 /// Marks every descriptor above 2 close-on-exec, so a service inherits only stdio. The status
 /// pipe is already close-on-exec and stays open until the exec itself.
-fn close_inherited_descriptors() {
+fn close_inherited_descriptors(status: RawFd, fd_limit: i32) {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
     let rc =
         unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     if rc == 0 {
         return;
     }
-    // Kernels before 5.11 lack close_range: set the flag one descriptor at a time.
-    for fd in 3..1024 {
+    // Kernels before 5.11 lack close_range: set the flag one descriptor at a time, up to
+    // PID 1's own limit (its descriptors can sit anywhere below that, not only below 1024).
+    note(status, Step::NoCloseRange);
+    for fd in 3..fd_limit {
         // SAFETY: F_SETFD on a descriptor that may not exist fails with EBADF, nothing else.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
