@@ -131,17 +131,17 @@ def data_partition_keeps_files_and_last_good_config_until_factory_reset(lab):
     # 2: the file survived; the broken config falls back to the last-known-good copy.
     vm = lab.boot(initrd=initrd, disks=disks)
     vm.expect_brig(r"config: /etc/brig/services/broken\.toml:2:\d+: ")
-    vm.expect_brig(r"config: /etc/brig has 1 errors: booted the last-known-good configuration")
+    vm.expect_brig(r"config: /etc/brig has 1 error: booted the last-known-good configuration")
     boots, since, lkg, status = boot_state(vm)
     expect_true(boots == "2", f"second boot counted {boots!r}: the file did not survive")
-    expect_true(re.search(r"^ST ! /etc/brig has 1 errors: booted the last-known-good", status,
+    expect_true(re.search(r"^ST ! /etc/brig has 1 error: booted the last-known-good", status,
                           re.M), f"status lacks the last-known-good note:\n{status}")
     expect_true("broken.toml" not in lkg, f"the last-known-good copy now holds the broken "
                                           f"file: {lkg}")
 
     # 3: still the last-known-good copy: a good boot on it must not have saved the broken one.
     vm = lab.boot(initrd=initrd, disks=disks)
-    vm.expect_brig(r"config: /etc/brig has 1 errors: booted the last-known-good configuration")
+    vm.expect_brig(r"config: /etc/brig has 1 error: booted the last-known-good configuration")
     boots, _, lkg, _ = boot_state(vm)
     expect_true(boots == "3", f"third boot counted {boots!r}")
 

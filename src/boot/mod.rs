@@ -190,9 +190,9 @@ fn load_config(
         let fallback = config::load(&good);
         if fallback.diagnostics.is_empty() {
             let note = format!(
-                "{} has {} errors: booted the last-known-good configuration from {}",
+                "{} has {}: booted the last-known-good configuration from {}",
                 dir.display(),
-                tree.diagnostics.len(),
+                config::count(tree.diagnostics.len(), "error"),
                 good.display()
             );
             log::warn!("config: {note}");

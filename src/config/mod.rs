@@ -238,6 +238,15 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     }
 }
 
+/// "1 error", "2 errors": a count with its noun.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The largest config file brig reads: far above any real one, far below harm to PID 1.
 const MAX_FILE: u64 = 1 << 20;
 

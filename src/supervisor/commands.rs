@@ -323,7 +323,10 @@ impl Supervisor {
             let details: Vec<String> = tree.diagnostics.iter().map(ToString::to_string).collect();
             log::error!("reload rejected, nothing changed: {}", details.join("; "));
             return Response::Error {
-                message: format!("configuration has {} errors; nothing changed", details.len()),
+                message: format!(
+                    "configuration has {}; nothing changed",
+                    config::count(details.len(), "error")
+                ),
                 details,
             };
         }
