@@ -209,6 +209,10 @@ fn load_config(
         tree.services.len(),
         tree.broken.len()
     );
+    if !dir.is_dir() {
+        // A typo in brig.config=, or a directory a boot mount (a fresh /tmp) has covered.
+        log::warn!("config {}: no such directory, so no services", dir.display());
+    }
     (tree, from_last_good)
 }
 

@@ -6,7 +6,6 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Duration;
 
 use super::protocol::{self, Envelope, LogLine, Outcome, Request, Response, ServiceStatus};
@@ -137,7 +136,10 @@ fn connect(path: &str) -> Result<UnixStream, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
             let pid1 = pid1.trim();
-            if !Path::new(path).exists() && !pid1.is_empty() && pid1 != "brig" && pid1 != "init" {
+            // Only the usual socket says anything about PID 1; another one (--socket) may
+            // belong to a brig that is not PID 1 at all.
+            let usual = path == protocol::SOCKET_PATH;
+            if usual && !pid1.is_empty() && pid1 != "brig" && pid1 != "init" {
                 Err(format!("{path} does not exist: PID 1 is {pid1:?}, not brig"))
             } else {
                 Err(format!("{path} does not exist: is brig running as PID 1?"))
@@ -402,5 +404,7 @@ mod tests {
     fn missing_socket_is_explained() {
         let err = connect("/nonexistent/brig.sock").unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
+        // Regression: a mistyped --socket blamed whatever runs as PID 1 of the host.
+        assert!(!err.contains("not brig"), "{err}");
     }
 }
