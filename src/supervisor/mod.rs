@@ -582,19 +582,12 @@ impl Supervisor {
                     log::debug!("service {name}: container root entered with pivot_root")
                 }
                 // From the container's init: the exec happened, later how the service ended.
-                Some(spawn::Step::Running) => {
-                    if !failed && unit.state == State::Starting {
-                        let pid = unit.pid.map_or(0, Pid::as_raw);
-                        log::info!(
-                            "service {name}: running under its container's init (pid {pid})"
-                        );
-                        unit.set(State::Running);
-                    }
+                Some(spawn::Step::Running) if !failed => {
+                    exec_done(unit, " under its container's init")
                 }
+                Some(spawn::Step::Running) => {}
                 Some(spawn::Step::NoCloseRange) => {
-                    static SAID: std::sync::atomic::AtomicBool =
-                        std::sync::atomic::AtomicBool::new(false);
-                    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    if spawn::first_time(&spawn::CLOSE_RANGE_MISSING) {
                         log::warn!(
                             "close_range: not in this kernel (Linux 5.11 has it): services mark \
                              inherited descriptors close-on-exec one at a time"
@@ -634,11 +627,8 @@ impl Supervisor {
             return;
         }
         self.unregister(fd);
-        let unit = &mut self.units[i];
-        if !failed && unit.state == State::Starting {
-            let pid = unit.pid.map_or(0, Pid::as_raw);
-            log::info!("service {}: running (pid {pid})", unit.name());
-            unit.set(State::Running);
+        if !failed {
+            exec_done(&mut self.units[i], "");
         }
     }
 
@@ -893,6 +883,15 @@ fn signal_group(pid: Pid, sig: Signal) {
             let _ = kill(pid, sig);
         }
         Err(e) => log::warn!("kill -{} {}: {} ({e:?})", sig.as_str(), pid, e.desc()),
+    }
+}
+
+/// The service's exec went through (`how`: under what): a starting unit is running now.
+fn exec_done(unit: &mut Unit, how: &str) {
+    if unit.state == State::Starting {
+        let pid = unit.pid.map_or(0, Pid::as_raw);
+        log::info!("service {}: running{how} (pid {pid})", unit.name());
+        unit.set(State::Running);
     }
 }
 

@@ -19,6 +19,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -48,12 +49,12 @@ pub enum Step {
     Caps = 12,
     NoNewPrivs = 13,
     Seccomp = 14,
+    /// The container's init (`[container] init`) could not fork the service.
+    Init = 15,
     /// Not a failure: the container root was switched with pivot_root.
     PivotRoot = 20,
     /// Not a failure: pivot_root was impossible (initramfs root); move-mount + chroot used.
     MoveChroot = 21,
-    /// The container's init (`[container] init`) could not fork the service.
-    Init = 15,
     /// Not a failure: under the container's init, the service has exec'd (the status pipe
     /// stays open for the records below).
     Running = 22,
@@ -346,8 +347,14 @@ fn clone_legacy(ns: u64) -> Result<Cloned, Errno> {
     }
 }
 
-/// Whether the missing clone3 has been reported (once per boot).
-static CLONE3_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Kernel features found missing, each reported once per boot.
+static CLONE3_MISSING: AtomicBool = AtomicBool::new(false);
+pub static CLOSE_RANGE_MISSING: AtomicBool = AtomicBool::new(false);
+
+/// True the first time it is asked for `flag`: the moment to report what it stands for.
+pub fn first_time(flag: &AtomicBool) -> bool {
+    !flag.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// clone3 into the cgroup with the namespaces `ns`; kernels before 5.7 reject
 /// CLONE_INTO_CGROUP (E2BIG or EINVAL) and get clone3 without it; kernels before 5.3 (or a
@@ -363,7 +370,7 @@ fn clone_child(ns: u64, cgroup: Option<RawFd>) -> Result<Cloned, Errno> {
             })
         }
         Err(e @ (Errno::ENOSYS | Errno::EPERM)) => {
-            if !CLONE3_MISSING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if first_time(&CLONE3_MISSING) {
                 log::warn!(
                     "clone3 failed: {} ({e:?}): services are started with clone(2) and join \
                      their cgroup after it (Linux 5.3 has clone3, 5.7 CLONE_INTO_CGROUP)",
