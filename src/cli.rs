@@ -138,11 +138,11 @@ fn check(root: Option<&Path>, config_dir: Option<&Path>) -> i32 {
     // Problems count every line above: errors in files, and (with --root) what the tree
     // lacks for a service whose file itself is fine.
     println!(
-        "{}: {} service files read, {} rejected; {} problem(s) in all",
+        "{}: {} read, {} rejected; {} in all",
         dir.display(),
-        tree.services.len() + tree.broken.len(),
+        config::count(tree.services.len() + tree.broken.len(), "service file"),
         tree.broken.len(),
-        problems.len()
+        config::count(problems.len(), "problem")
     );
     i32::from(!problems.is_empty())
 }

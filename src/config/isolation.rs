@@ -657,16 +657,13 @@ impl<'de> Deserialize<'de> for ImageName {
 /// A host name sethostname(2) takes and that reads as one: 1 to 64 letters, digits, '-', '.'.
 pub(super) struct Hostname(pub(super) String);
 
-pub(super) fn valid_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
-}
-
 impl<'de> Deserialize<'de> for Hostname {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        if valid_hostname(&s) {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+        if ok {
             return Ok(Hostname(s));
         }
         Err(de::Error::custom(format!(

@@ -84,19 +84,36 @@ pub struct Incoming {
     pub request: Request,
 }
 
+/// Events counted between log lines, so a flood of them is one line per REFUSAL_LOG_EVERY.
+#[derive(Default)]
+struct Tally {
+    since_logged: u64,
+    logged: Option<Instant>,
+}
+
+impl Tally {
+    /// Counts one event at `now`; Some(events since the last line) when a line is due.
+    fn count(&mut self, now: Instant) -> Option<u64> {
+        self.since_logged += 1;
+        if self.logged.is_some_and(|t| now < t + REFUSAL_LOG_EVERY) {
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.since_logged))
+    }
+}
+
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     conns: HashMap<RawFd, Conn>,
-    /// Connections refused as over MAX_CONNECTIONS since the last message about them, and
-    /// when that message was logged: one line per REFUSAL_LOG_EVERY, not one per connection.
-    refused: u64,
-    refusal_logged: Option<Instant>,
+    /// Connections refused as over MAX_CONNECTIONS: one line per REFUSAL_LOG_EVERY, not one
+    /// per connection.
+    refused: Tally,
     /// The listener is out of the epoll set until then (accept failed for want of resources).
     paused_until: Option<Instant>,
-    /// accept failures since the last message about them, and when that went out.
-    accept_failures: u64,
-    accept_failure_logged: Option<Instant>,
+    /// accept failures, reported the same way.
+    accept_failures: Tally,
 }
 
 impl Server {
@@ -121,11 +138,9 @@ impl Server {
             listener,
             path: path.to_path_buf(),
             conns: HashMap::new(),
-            refused: 0,
-            refusal_logged: None,
+            refused: Tally::default(),
             paused_until: None,
-            accept_failures: 0,
-            accept_failure_logged: None,
+            accept_failures: Tally::default(),
         })
     }
 
@@ -147,15 +162,11 @@ impl Server {
                 Err(e) => {
                     // EMFILE and friends: the connection stays queued. Rest the listener
                     // rather than wake on it at once, every turn; say so once per period.
-                    self.accept_failures += 1;
-                    if self.accept_failure_logged.is_none_or(|t| now >= t + REFUSAL_LOG_EVERY) {
+                    if let Some(n) = self.accept_failures.count(now) {
                         log::warn!(
-                            "control: accept on {}: {e} ({} time(s)); clients wait",
-                            self.path.display(),
-                            self.accept_failures
+                            "control: accept on {}: {e} ({n} time(s)); clients wait",
+                            self.path.display()
                         );
-                        self.accept_failures = 0;
-                        self.accept_failure_logged = Some(now);
                     }
                     if epoll.delete(self.listener.as_fd()).is_ok() {
                         self.paused_until = Some(now + ACCEPT_PAUSE);
@@ -164,14 +175,10 @@ impl Server {
                 }
             };
             if self.conns.len() >= MAX_CONNECTIONS {
-                self.refused += 1;
-                if self.refusal_logged.is_none_or(|t| now >= t + REFUSAL_LOG_EVERY) {
+                if let Some(n) = self.refused.count(now) {
                     log::warn!(
-                        "control: {MAX_CONNECTIONS} clients connected; refused {} connection(s)",
-                        self.refused
+                        "control: {MAX_CONNECTIONS} clients connected; refused {n} connection(s)"
                     );
-                    self.refused = 0;
-                    self.refusal_logged = Some(now);
                 }
                 continue;
             }

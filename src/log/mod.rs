@@ -160,13 +160,8 @@ pub fn service_line(name: &str, pid: i32, line: &str) -> bool {
     // A NUL would end the record early for syslogd, which reads what follows as a new
     // message with a priority and tag of the service's choosing; escapes would reach the
     // terminal of whoever reads `brig logs`. Control bytes are shown as \xNN.
-    let escaped;
-    let line = if line.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        escaped = escape_controls(line);
-        escaped.as_str()
-    } else {
-        line
-    };
+    let line = escape_controls(line);
+    let line = line.as_ref();
     with_rings(|r| r.push(name, Some(pid), line));
     match SINK.lock() {
         Ok(mut sink) => sink.write(6, name, Some(pid), line, true),
@@ -174,17 +169,21 @@ pub fn service_line(name: &str, pid: i32, line: &str) -> bool {
     }
 }
 
-/// `line` with every control character but tab written as `\xNN`.
-fn escape_controls(line: &str) -> String {
+/// `line` with every control character but tab written as `\xNN` (borrowed when it has none).
+fn escape_controls(line: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| (c < ' ' && c != '\t') || c == '\u{7f}';
+    if !line.contains(control) {
+        return std::borrow::Cow::Borrowed(line);
+    }
     let mut out = String::with_capacity(line.len() + 8);
     for c in line.chars() {
-        if (c < ' ' && c != '\t') || c == '\u{7f}' {
+        if control(c) {
             out.push_str(&format!("\\x{:02x}", c as u32));
         } else {
             out.push(c);
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// Severity numbers of RFC 3164 for the `log` levels.
