@@ -233,7 +233,7 @@ def power_cuts_while_writing_never_corrupt_brig_state(lab):
 
 
 # A service that ignores SIGTERM with a file open for writing on the data partition, and a
-# child that does the same in its own session.
+# background child that does the same.
 HOLDER = ('exec = ["/bin/sh", "-c", "trap \'\' TERM; mkdir -p /var/lib/app; '
           '(trap \'\' TERM; exec 4>>/var/lib/app/child; while :; do echo c >&4; sleep 0.1; done) & '
           'exec 3>>/var/lib/app/held; while :; do echo x >&3; sleep 0.1; done"]\n'

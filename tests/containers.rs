@@ -246,7 +246,8 @@ fn bad_container_input_is_reported_and_other_services_keep_running() {
         false,
     );
     run.assert_has(&format!(
-        "service noimage: cannot start: open image {}: No such file or directory (ENOENT)",
+        "service noimage: cannot start: open image {}{{,.squashfs}}: No such file or directory \
+         (ENOENT)",
         dir.join("images/missing").display()
     ));
     run.assert_has("services/badlimit.toml:3:14: limits.memory_max: \"lots\" is not a size");

@@ -213,3 +213,48 @@ fn without_close_range_services_still_inherit_no_descriptor_of_pid1() {
     b.client(&["poweroff"]);
     b.wait(LIMIT);
 }
+
+#[test]
+fn without_mount_setattr_read_only_volumes_stay_read_only_below_the_top() {
+    let dir = common::scratch("seccomp-nosetattr");
+    let image = dir.join("images/bb");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(image.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", image.join("bin/busybox")).unwrap();
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let system = format!(
+        "image_store = \"{}\"\ncontainer_state = \"{}\"\n",
+        dir.join("images").display(),
+        dir.join("state").display()
+    );
+    let prep = format!(
+        "exec = [\"/bin/sh\", \"-c\", \"mount -t tmpfs t {}\"]\ntype = \"oneshot\"\n",
+        src.join("sub").display()
+    );
+    let ro = format!(
+        "exec = [\"/bin/busybox\", \"sh\", \"-c\", \"(echo x > /h/top) 2>/dev/null && echo top=rw \
+         || echo top=ro; (echo x > /h/sub/f) 2>/dev/null && echo sub=rw || echo sub=ro; \
+         exec /bin/busybox sleep 1000\"]\nrequires = [\"prep\"]\nstop_timeout = \"500ms\"\n\
+         [container]\nimage = \"bb\"\nvolumes = [{{ target = \"/h\", bind = \"{}\", \
+         read_only = true }}]\n",
+        src.display()
+    );
+    let filter = without(&[libc::SYS_mount_setattr]);
+    let b = common::start_with(
+        "seccomp-nosetattr",
+        &dir.join("config"),
+        &system,
+        &[("prep", &prep), ("ro", &ro)],
+        false,
+        move || seccompiler::apply_filter(&filter).map_err(std::io::Error::other),
+    );
+    b.wait_for("]: sub=", LIMIT);
+    let log = b.log();
+    assert_eq!(log.matches("mount_setattr: not in this kernel").count(), 1, "{log}");
+    assert!(log.contains("]: top=ro") && log.contains("]: sub=ro"), "{log}");
+    assert!(std::fs::read_dir(src.join("sub")).unwrap().next().is_none(), "written through");
+    b.client(&["poweroff"]);
+    b.wait(LIMIT);
+}

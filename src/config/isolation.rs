@@ -562,6 +562,14 @@ impl<'de> Deserialize<'de> for ContainerFile {
             .map_err(de::Error::custom)?;
         let user_namespace = user_namespace(raw.uid_map.as_deref(), raw.gid_map.as_deref())
             .map_err(de::Error::custom)?;
+        let mut targets: Vec<&str> = raw.volumes.iter().map(|v| v.0.target()).collect();
+        targets.sort_unstable();
+        if let Some(w) = targets.windows(2).find(|w| w[0] == w[1]) {
+            return Err(de::Error::custom(format!(
+                "container.volumes: two volumes on {:?}: the second would hide the first",
+                w[0]
+            )));
+        }
         Ok(ContainerFile(Container {
             // Without an image, the host's own root is the read-only base.
             image: raw.image.map_or_else(|| "/".to_string(), |i| i.0),
@@ -694,6 +702,16 @@ impl<'de> Deserialize<'de> for VolumeFile {
             return Err(de::Error::custom(format!(
                 "container.volumes: target {:?} must be an absolute path below / (no empty, \
                  \".\" or \"..\" components)",
+                raw.target
+            )));
+        }
+        // brig's own /proc (with its masks) and read-only /sys; /dev itself is brig's too,
+        // but what goes below it is the operator's.
+        let under = |top: &str| raw.target == top || raw.target.starts_with(&format!("{top}/"));
+        if under("/proc") || under("/sys") || raw.target == "/dev" {
+            return Err(de::Error::custom(format!(
+                "container.volumes: target {:?} would cover or change what brig mounts there \
+                 (/proc, /sys and /dev are the container's own)",
                 raw.target
             )));
         }

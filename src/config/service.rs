@@ -707,6 +707,19 @@ mod tests {
             "exec = [\"/x\"]\n[container]\nvolumes = [{ target = \"/t\", tmpfs = \"0K\" }]\n",
         );
         assert!(e.message.contains("not a size above 0"), "{e:?}");
+        for (volumes, why) in [
+            ("{ target = \"/proc\", bind = \"/proc\" }", "would cover"),
+            ("{ target = \"/sys/fs\", tmpfs = \"1M\" }", "would cover"),
+            ("{ target = \"/dev\", tmpfs = \"1M\" }", "would cover"),
+            (
+                "{ target = \"/d\", tmpfs = \"1M\" }, { target = \"/d\", bind = \"/x\" }",
+                "two volumes",
+            ),
+        ] {
+            let e = parse_err(&format!("exec = [\"/x\"]\n[container]\nvolumes = [{volumes}]\n"));
+            assert!(e.message.contains(why), "{volumes}: {e:?}");
+        }
+        parse_ok("exec = [\"/x\"]\n[container]\nvolumes = [{ target = \"/dev/net\", bind = \"/dev/net\" }]\n");
         for target in ["/", "/.", "//", "/a//b", "/a/./b", "/a/../b", "/a/"] {
             let e = parse_err(&format!(
                 "exec = [\"/x\"]\n[container]\nvolumes = [{{ target = \"{target}\", tmpfs = \"1M\" }}]\n"

@@ -259,8 +259,19 @@ fn locate_image(paths: &Paths, name: &str) -> Result<(PathBuf, Option<OwnedFd>),
     match std::fs::File::open(&file) {
         Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Ok((file, Some(OwnedFd::from(f)))),
         Ok(_) => Err(PrepareError { op: "open image", path: dir, errno: Errno::ENOTDIR }),
-        // Name the directory: the usual form of an image.
-        Err(e) => Err(io_err("open image", &dir)(e)),
+        // Name both places looked at: DIR{,.squashfs} for a name in the store.
+        Err(e) => {
+            let looked = if name.starts_with('/') {
+                dir
+            } else {
+                PathBuf::from(format!("{}{{,.squashfs}}", dir.display()))
+            };
+            Err(PrepareError {
+                op: "open image",
+                path: looked,
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })
+        }
     }
 }
 
@@ -462,6 +473,10 @@ struct MountAttr {
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
+/// Set in the child when a read-only volume took the pre-5.12 way, for it to tell brig.
+pub static MOUNT_SETATTR_MISSING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// See [`Op::BindReadOnly`].
 fn bind_read_only(source: &CString, target: &CString) -> Result<(), Errno> {
     let bind = |flags: MsFlags| {
@@ -494,6 +509,7 @@ fn bind_read_only(source: &CString, target: &CString) -> Result<(), Errno> {
         return Err(e);
     }
     // Before 5.12: the top mount only, so no submount is reachable, writable or not.
+    MOUNT_SETATTR_MISSING.store(true, std::sync::atomic::Ordering::Relaxed);
     nix::mount::umount2(target.as_c_str(), MntFlags::MNT_DETACH)?;
     bind(MsFlags::MS_BIND)?;
     bind(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)

@@ -594,6 +594,14 @@ impl Supervisor {
                         );
                     }
                 }
+                Some(spawn::Step::NoMountSetattr) => {
+                    if spawn::first_time(&spawn::MOUNT_SETATTR_MISSING) {
+                        log::warn!(
+                            "mount_setattr: not in this kernel (Linux 5.12 has it): read-only \
+                             bind volumes show their top mount only, not the mounts below it"
+                        );
+                    }
+                }
                 Some(spawn::Step::ServiceExited) => {
                     unit.init_exit = Some(Exit::Code(r.detail as i32));
                 }

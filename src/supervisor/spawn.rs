@@ -65,6 +65,8 @@ pub enum Step {
     ServiceKilled = 24,
     /// Not a failure: the kernel has no close_range (Linux < 5.11), the slow way was taken.
     NoCloseRange = 25,
+    /// Not a failure: no mount_setattr (Linux < 5.12): read-only volumes bind the top mount.
+    NoMountSetattr = 26,
 }
 
 const STEPS: &[Step] = &[
@@ -89,6 +91,7 @@ const STEPS: &[Step] = &[
     Step::ServiceExited,
     Step::ServiceKilled,
     Step::NoCloseRange,
+    Step::NoMountSetattr,
 ];
 
 impl Step {
@@ -119,6 +122,7 @@ impl Step {
             Step::ServiceExited => "exit under the container's init",
             Step::ServiceKilled => "death by a signal under the container's init",
             Step::NoCloseRange => "close_range",
+            Step::NoMountSetattr => "mount_setattr",
         }
     }
 
@@ -132,6 +136,7 @@ impl Step {
                 | Step::ServiceExited
                 | Step::ServiceKilled
                 | Step::NoCloseRange
+                | Step::NoMountSetattr
         )
     }
 }
@@ -350,6 +355,7 @@ fn clone_legacy(ns: u64) -> Result<Cloned, Errno> {
 /// Kernel features found missing, each reported once per boot.
 static CLONE3_MISSING: AtomicBool = AtomicBool::new(false);
 pub static CLOSE_RANGE_MISSING: AtomicBool = AtomicBool::new(false);
+pub static MOUNT_SETATTR_MISSING: AtomicBool = AtomicBool::new(false);
 
 /// True the first time it is asked for `flag`: the moment to report what it stands for.
 pub fn first_time(flag: &AtomicBool) -> bool {
@@ -645,6 +651,9 @@ fn child(p: &Prepared, stdin: RawFd, stdout: RawFd, console: bool, status: RawFd
             Ok(Switch::PivotRoot) => note(status, Step::PivotRoot),
             Ok(Switch::MoveChroot) => note(status, Step::MoveChroot),
             Err((index, e)) => fail(status, Step::Container, e, index),
+        }
+        if container::MOUNT_SETATTR_MISSING.load(std::sync::atomic::Ordering::Relaxed) {
+            note(status, Step::NoMountSetattr);
         }
     }
     for r in &p.rlimits {
